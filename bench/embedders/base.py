@@ -1,0 +1,84 @@
+"""The one small interface every embedder implements.
+
+Data flow for images (the runner drives it; embedders never read files themselves):
+    PIL image (RGB, decoded in DataLoader workers)
+      -> embedder.preprocess(image)        per image, CPU, picklable output, runs in workers
+      -> embedder.collate(list_of_items)   -> one batch (tensors), runs in workers
+      -> embedder.embed_image_batch(batch) -> float32 CPU tensor [B, dim] (or [B, T, dim] for
+                                              token export), L2-normalized when pooled
+Texts: embedder.embed_texts(list[str]) -> float32 CPU tensor [N, dim], L2-normalized.
+
+`fingerprint()` identifies everything that changes the vectors: model files, preprocessing
+settings, pooling, dtype. The cache keys embeddings on it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import CapabilityError
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """Where and how an embedder runs; resolved by the runner from the config's `runtime`."""
+
+    device: str = "cpu"  # "cpu" | "cuda" | "cuda:N" (already resolved, never "auto")
+    dtype: str = "float32"  # "float32" | "bfloat16" | "float16"
+    batch_size: int = 16
+    compile: bool = False
+
+
+class Embedder(ABC):
+    """Base class. Subclasses set `kind` (registry name) and `modalities`."""
+
+    kind: str = ""
+    modalities: frozenset[str] = frozenset({"image"})
+
+    def __init__(self, runtime: RuntimeOptions | None = None) -> None:
+        self.runtime = runtime or RuntimeOptions()
+
+    # ---- capabilities -------------------------------------------------------------------
+    @property
+    def supports_text(self) -> bool:
+        return "text" in self.modalities
+
+    @property
+    def dim(self) -> int:
+        """Embedding dimension of pooled vectors."""
+        raise NotImplementedError
+
+    # ---- identity -----------------------------------------------------------------------
+    @abstractmethod
+    def fingerprint(self) -> dict[str, Any]:
+        """JSON-able dict: model files hash + every setting that changes the output."""
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the report (parameter count, image size, ...)."""
+        return {}
+
+    # ---- images -------------------------------------------------------------------------
+    @abstractmethod
+    def preprocess(self, image: Any) -> Any:
+        """PIL RGB image -> picklable per-image item (usually a tensor). Runs in workers."""
+
+    def collate(self, items: list[Any]) -> Any:
+        """Per-image items -> one batch. Default: stack tensors."""
+        import torch
+
+        return torch.stack(items)
+
+    @abstractmethod
+    def embed_image_batch(self, batch: Any) -> Any:
+        """Collated batch -> float32 CPU tensor [B, dim], L2-normalized."""
+
+    def batch_size_of(self, batch: Any) -> int:
+        """Number of images in a collated batch."""
+        return len(batch)
+
+    # ---- texts --------------------------------------------------------------------------
+    def embed_texts(self, texts: list[str]) -> Any:
+        """Texts -> float32 CPU tensor [N, dim], L2-normalized. Batches internally."""
+        raise CapabilityError(f"embedder '{self.kind}' is image-only: it cannot embed text")
