@@ -1,0 +1,61 @@
+# bench: `make bench` (demo, offline), `make bench CONFIG=coco.yaml`, `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+CONFIG ?= demo
+# The CPU wheel of torch lies on this machine's disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+STAMP  := $(VENV)/.installed
+DEMO_DATA   := data/demo
+DEMO_MODELS := models/demo
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup bench data models test regress baseline perf lint clean help
+
+help:
+	@echo "make bench [CONFIG=name|path]  run a benchmark (default: the offline demo) and print the report path"
+	@echo "make test                      run the test suite (offline)"
+	@echo "make regress                   run the demo and compare it with reports/baselines/demo.json"
+	@echo "make perf                      speed/memory scripts in benchmarks/ (prints ratios vs targets)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	@touch $@
+
+setup: $(STAMP)
+
+data: setup
+	@$(BIN)/bench make-data $(DEMO_DATA) >/dev/null
+
+models: setup
+	@$(BIN)/bench make-models $(DEMO_MODELS) >/dev/null
+
+bench: setup data models
+	$(BIN)/bench run $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest
+
+regress: setup data models
+	$(BIN)/bench run demo --out reports/runs/regress-latest --no-progress
+	$(BIN)/bench compare reports/runs/regress-latest reports/baselines/demo.json --fail-on quality
+
+baseline: setup data models
+	$(BIN)/bench run demo --out reports/runs/baseline-candidate --no-progress
+	$(BIN)/bench baseline accept reports/runs/baseline-candidate --to reports/baselines/demo.json
+
+perf: setup data models
+	$(BIN)/python benchmarks/run_all.py
+
+lint: setup
+	$(BIN)/python -m ruff check bench tests benchmarks || true
+
+clean:
+	rm -rf reports/runs .cache/bench

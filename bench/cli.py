@@ -1,0 +1,159 @@
+"""Command line: argument parsing only. Every BenchError becomes one line on stderr and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import __version__
+from bench.errors import BenchError
+
+EMBED_TYPES = ("clip", "phi3v", "phi3v-lm")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from bench.config import find_config, load_config
+
+    path = find_config(args.config)
+    cfg = load_config(path)
+    from bench.runner import run_benchmark
+
+    out = run_benchmark(cfg, path, use_cache=not args.no_cache, progress=not args.no_progress,
+                        out_dir=Path(args.out) if args.out else None)
+    print(f"results: {out / 'results.json'}")
+    print(f"markdown: {out / 'report.md'}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from bench.config import check_paths, find_config, load_config
+
+    status = 0
+    for c in args.configs:
+        path = find_config(c)
+        cfg = load_config(path)
+        if not args.no_files:
+            check_paths(cfg)
+        print(f"ok: {path} ({len(cfg.embedders)} embedder(s), {len(cfg.datasets)} dataset(s), "
+              f"{len(cfg.tasks)} task(s))")
+    return status
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bench import registry
+
+    for kind, table in registry.KINDS.items():
+        print(f"{kind}s: {', '.join(sorted(table))}")
+    configs = sorted(p.name for p in Path("configs").glob("*.yaml") if not p.name.startswith("_"))
+    if configs:
+        print(f"configs: {', '.join(configs)}")
+    return 0
+
+
+def _cmd_make_data(args: argparse.Namespace) -> int:
+    from bench.data.synthetic import make_synthetic
+
+    make_synthetic(Path(args.out), n_train=args.train, n_val=args.val, n_test=args.test, seed=args.seed)
+    print(Path(args.out))
+    return 0
+
+
+def _cmd_make_models(args: argparse.Namespace) -> int:
+    from bench.models.phi3v.tiny import make_tiny_phi3v
+    from bench.models.tiny_clip import make_tiny_clip
+
+    out = Path(args.out)
+    make_tiny_clip(out / "clip", seed=args.seed)
+    make_tiny_phi3v(out / "phi3v", seed=args.seed)
+    print(out)
+    return 0
+
+
+def _cmd_embed(args: argparse.Namespace) -> int:
+    from bench.embed import embed_folder
+
+    out = embed_folder(args.type, model=args.model, images=Path(args.images), output=Path(args.output),
+                       texts=Path(args.texts) if args.texts else None, revision=args.revision,
+                       num_crops=args.num_crops, pooling=args.pooling, template=args.template,
+                       device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                       num_workers=args.num_workers)
+    print(out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench", description="Compare image embedders (CLIP, Phi-3-vision) on "
+                                "retrieval, linear probe, zero-shot, speed and memory.")
+    p.add_argument("--version", action="version", version=f"bench {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    r = sub.add_parser("run", help="run a benchmark config and write results + report")
+    r.add_argument("config", help="a file in configs/ (bare name or path)")
+    r.add_argument("--no-cache", action="store_true", help="recompute embeddings (the cache is not read or written)")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--out", help="run folder (default: <output_dir>/<name>-<timestamp>)")
+    r.set_defaults(func=_cmd_run)
+
+    v = sub.add_parser("validate", help="check config files without running them")
+    v.add_argument("configs", nargs="+")
+    v.add_argument("--no-files", action="store_true", help="do not check that data files exist")
+    v.set_defaults(func=_cmd_validate)
+
+    ls = sub.add_parser("list", help="list known embedders, datasets, tasks and configs")
+    ls.set_defaults(func=_cmd_list)
+
+    md = sub.add_parser("make-data", help="write the deterministic synthetic dataset (COCO formats)")
+    md.add_argument("out")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--train", type=int, default=200)
+    md.add_argument("--val", type=int, default=50)
+    md.add_argument("--test", type=int, default=100)
+    md.set_defaults(func=_cmd_make_data)
+
+    mm = sub.add_parser("make-models", help="write tiny random-initialized CLIP and Phi-3-vision checkpoints")
+    mm.add_argument("out")
+    mm.add_argument("--seed", type=int, default=0)
+    mm.set_defaults(func=_cmd_make_models)
+
+    e = sub.add_parser("embed", help="embed a folder of images (and text lines) into a safetensors file")
+    e.add_argument("type", choices=EMBED_TYPES)
+    e.add_argument("--model", required=True, help="checkpoint folder or hub id (offline HF cache)")
+    e.add_argument("--images", required=True, help="folder of images (searched recursively)")
+    e.add_argument("--texts", help="text file, one text per line (text-capable embedders)")
+    e.add_argument("--output", required=True, help="output .safetensors file")
+    e.add_argument("--revision")
+    e.add_argument("--num-crops", type=int)
+    e.add_argument("--pooling", choices=("mean", "global", "clip", "tokens"))
+    e.add_argument("--template", choices=("vlm2vec", "e5v"))
+    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    e.add_argument("--batch-size", type=int, default=8)
+    e.add_argument("--num-workers", type=int, default=1)
+    e.set_defaults(func=_cmd_embed)
+
+    try:
+        from bench.cli_report import register
+    except ImportError:  # pragma: no cover - during development only
+        pass
+    else:
+        register(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BenchError as e:
+        print(f"bench: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("bench: interrupted (finished embeddings are kept in the cache)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

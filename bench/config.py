@@ -1,0 +1,442 @@
+"""YAML -> typed, frozen configuration. Validation only: no I/O besides reading the file itself,
+no device probing. Unknown keys are errors that name the key's path and the allowed keys.
+
+Relative paths in a config are resolved against the current working directory (run bench from
+the repository root, as the Makefile does). Strings may use ${VAR} or ${VAR:-default}.
+"""
+
+from __future__ import annotations
+
+import os
+import typing
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bench.errors import ConfigError, did_you_mean
+
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class _Model(BaseModel):
+    model_config = _STRICT
+
+
+# --------------------------------------------------------------------------------------------
+# runtime
+class Runtime(_Model):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
+    num_workers: Annotated[int, Field(ge=0, le=64)] = 1
+    seed: int = 0
+    compile: bool = False
+    threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
+
+
+# --------------------------------------------------------------------------------------------
+# datasets: one model per `type`
+class _CaptionsBase(_Model):
+    annotations: Path
+    images: Path
+    max_images: Annotated[int, Field(ge=1)] | None = None
+
+
+class KarpathyDataset(_CaptionsBase):
+    type: Literal["coco_karpathy", "flickr30k_karpathy"]
+    split: Literal["train", "val", "test", "restval", "train+restval"] = "test"
+
+
+class CocoCaptionsDataset(_CaptionsBase):
+    type: Literal["coco_captions"]
+
+
+class CocoInstancesDataset(_CaptionsBase):
+    type: Literal["coco_instances"]
+
+
+class ImageFolderDataset(_Model):
+    type: Literal["imagefolder"]
+    root: Path
+    max_images: Annotated[int, Field(ge=1)] | None = None
+
+
+DatasetSpec = Annotated[
+    Union[KarpathyDataset, CocoCaptionsDataset, CocoInstancesDataset, ImageFolderDataset],
+    Field(discriminator="type"),
+]
+CAPTION_TYPES = {"coco_karpathy", "flickr30k_karpathy", "coco_captions"}
+LABEL_TYPES = {"coco_instances", "imagefolder"}
+
+
+# --------------------------------------------------------------------------------------------
+# embedders: one model per `type`
+class _EmbedderBase(_Model):
+    name: str | None = None  # label in reports; defaults to the type
+    model: str  # local folder or hub id (resolved offline in the HF cache)
+    revision: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+    def params(self) -> dict[str, Any]:
+        """Keyword arguments for the embedder class (everything but type and name)."""
+        d = self.model_dump(exclude={"type", "name"})
+        return d
+
+
+class ClipSpec(_EmbedderBase):
+    type: Literal["clip"]
+
+
+class Phi3VSpec(_EmbedderBase):
+    type: Literal["phi3v"]
+    num_crops: Annotated[int, Field(ge=1, le=64)] | None = None
+    pooling: Literal["mean", "global", "clip"] = "mean"  # "tokens" is for `bench embed` only
+
+
+class Phi3VLMSpec(_EmbedderBase):
+    type: Literal["phi3v-lm"]
+    num_crops: Annotated[int, Field(ge=1, le=64)] | None = None
+    template: Literal["vlm2vec", "e5v", "custom"] = "vlm2vec"
+    image_prompt: str | None = None
+    text_prompt: str | None = None
+
+    @model_validator(mode="after")
+    def _custom_needs_prompts(self):
+        if self.template == "custom" and not (self.image_prompt and self.text_prompt):
+            raise ValueError("template 'custom' needs both image_prompt and text_prompt")
+        if self.text_prompt is not None and "{text}" not in self.text_prompt:
+            raise ValueError("text_prompt must contain '{text}' where the text goes")
+        if self.image_prompt is not None and not re.search(r"<\|image_1\|>", self.image_prompt):
+            raise ValueError("image_prompt must contain '<|image_1|>' where the image goes")
+        return self
+
+
+EmbedderSpec = Annotated[Union[ClipSpec, Phi3VSpec, Phi3VLMSpec], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------------------------
+# tasks: one model per `type`
+class RetrievalTask(_Model):
+    type: Literal["retrieval"]
+    dataset: str
+    ks: list[Annotated[int, Field(ge=1)]] = [1, 5, 10]
+    chunk_size: Annotated[int, Field(ge=1)] = 1024
+
+
+class LinearProbeTask(_Model):
+    type: Literal["linear_probe"]
+    train: str
+    test: str
+    val: str | None = None
+    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
+    max_iter: Annotated[int, Field(ge=10)] = 1000
+
+
+class ZeroShotTask(_Model):
+    type: Literal["zeroshot"]
+    dataset: str
+    templates: list[str] | None = None  # None = bench.metrics.zeroshot.DEFAULT_TEMPLATES
+    class_names: dict[str, str] | None = None  # optional renaming: folder name -> readable name
+
+    @field_validator("templates")
+    @classmethod
+    def _has_slot(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("templates must not be empty")
+            for t in v:
+                if "{c}" not in t:
+                    raise ValueError(f"template {t!r} has no '{{c}}' slot for the class name")
+        return v
+
+
+class SpeedTask(_Model):
+    type: Literal["speed"]
+    dataset: str
+    num_images: Annotated[int, Field(ge=1)] = 64
+    warmup_batches: Annotated[int, Field(ge=0)] = 1
+    min_iterations: Annotated[int, Field(ge=1)] = 3
+    min_time_s: Annotated[float, Field(ge=0)] = 2.0
+    batch_size: Annotated[int, Field(ge=1)] | None = None  # default: runtime.batch_size
+
+
+TaskSpec = Annotated[Union[RetrievalTask, LinearProbeTask, ZeroShotTask, SpeedTask], Field(discriminator="type")]
+
+
+class Regression(_Model):
+    quality_abs_tol: Annotated[float, Field(ge=0)] = 1.0
+    speed_rel_tol: Annotated[float, Field(ge=0)] = 0.25
+    memory_rel_tol: Annotated[float, Field(ge=0)] = 0.20
+    per_metric: dict[str, Annotated[float, Field(ge=0)]] = {}
+
+
+class Config(_Model):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
+    description: str = ""
+    output_dir: Path = Path("reports/runs")
+    cache_dir: Path = Path(".cache/bench")
+    runtime: Runtime = Runtime()
+    datasets: dict[str, DatasetSpec]
+    embedders: Annotated[list[EmbedderSpec], Field(min_length=1)]
+    tasks: Annotated[list[TaskSpec], Field(min_length=1)]
+    regression: Regression = Regression()
+    synthetic: bool = False  # the demo says its weights are random and tiny
+
+    @model_validator(mode="after")
+    def _cross_refs(self):
+        labels = [e.label for e in self.embedders]
+        dup = sorted({x for x in labels if labels.count(x) > 1})
+        if dup:
+            raise _RefError("embedders", f"names must be unique; '{dup[0]}' appears twice: give each a `name`")
+        for i, t in enumerate(self.tasks):
+            for field_name in ("dataset", "train", "val", "test"):
+                ref = getattr(t, field_name, None)
+                if ref is None:
+                    continue
+                if ref not in self.datasets:
+                    raise _RefError(f"tasks[{i}].{field_name}",
+                                    f"unknown dataset '{ref}'{did_you_mean(ref, self.datasets)} "
+                                    f"defined: {', '.join(sorted(self.datasets)) or '(none)'}")
+                kind = self.datasets[ref].type
+                needs = CAPTION_TYPES if t.type == "retrieval" else (
+                    LABEL_TYPES if t.type in ("linear_probe", "zeroshot") else CAPTION_TYPES | LABEL_TYPES)
+                if kind not in needs:
+                    raise _RefError(f"tasks[{i}].{field_name}",
+                                    f"task '{t.type}' needs a dataset of type {'|'.join(sorted(needs))}, "
+                                    f"'{ref}' is {kind}")
+        return self
+
+
+class _RefError(ValueError):
+    def __init__(self, loc: str, msg: str) -> None:
+        super().__init__(f"{loc}: {msg}")
+
+
+# --------------------------------------------------------------------------------------------
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand(obj: Any, where: str) -> Any:
+    if isinstance(obj, str):
+        def sub(m: re.Match) -> str:
+            var, default = m.group(1), m.group(2)
+            if var in os.environ:
+                return os.environ[var]
+            if default is not None:
+                return default
+            raise ConfigError(f"{where}: environment variable ${{{var}}} is not set "
+                              f"(set it, or write ${{{var}:-default}})")
+        return _ENV.sub(sub, obj)
+    if isinstance(obj, dict):
+        return {k: _expand(v, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    return obj
+
+
+def find_config(name_or_path: str, configs_dir: Path = Path("configs")) -> Path:
+    """`coco.yaml`, `coco` or a path -> an existing file; ConfigError listing configs otherwise."""
+    p = Path(name_or_path)
+    candidates = [p, configs_dir / p, configs_dir / f"{p}.yaml"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    known = sorted(x.name for x in configs_dir.glob("*.yaml") if not x.name.startswith("_")) if configs_dir.is_dir() else []
+    hint = did_you_mean(p.name, known) if known else ""
+    raise ConfigError(f"config '{name_or_path}' not found{hint} (looked in ., {configs_dir}/); "
+                      f"available: {', '.join(known) or '(none)'}")
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a YAML config; every problem is one ConfigError line."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with keys "
+                          f"{', '.join(Config.model_fields)}")
+    raw = _expand(raw, "")
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {_first_error(e, raw)}") from None
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _first_error(e: ValidationError, raw: dict[str, Any]) -> str:
+    errs = e.errors()
+    err = errs[0]
+    # Discriminated unions put the tag in the location ("embedders.0.clip.model"): drop it.
+    loc = list(err["loc"])
+    cleaned: list = []
+    node: Any = raw
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and "type" in node \
+                and part == node.get("type"):
+            continue  # the union tag, not a real key
+        cleaned.append(part)
+        if isinstance(node, dict):
+            node = node.get(part) if isinstance(part, str) else None
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    where = _loc_str(tuple(cleaned))
+    etype = err["type"]
+    more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
+    if etype == "extra_forbidden":
+        parent_model = _model_at(cleaned[:-1], raw)
+        allowed = sorted(parent_model.model_fields) if parent_model else []
+        key = str(cleaned[-1])
+        return (f"unknown key '{where}'{did_you_mean(key, allowed)} allowed here: {', '.join(allowed)}{more}")
+    if etype in ("union_tag_invalid", "union_tag_not_found"):
+        ctx = err.get("ctx", {})
+        allowed = _TAGS.get(_kind_of(cleaned), [])
+        tag = ctx.get("tag", "")
+        what = _kind_of(cleaned)
+        if etype == "union_tag_not_found":
+            return f"{where}: missing 'type'; allowed {what} types: {', '.join(allowed)}{more}"
+        return f"{where}.type: unknown {what} '{tag}'{did_you_mean(str(tag), allowed)} known: {', '.join(allowed)}{more}"
+    if etype == "missing":
+        return f"missing required key '{where}'{more}"
+    if etype == "literal_error":
+        allowed = err.get("ctx", {}).get("expected", "")
+        return f"{where}: invalid value {err.get('input')!r}; allowed: {allowed}{more}"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+        # cross-reference errors carry their own location
+        if re.match(r"^[\w\[\]\.]+: ", msg) and not where:
+            return msg + more
+    inp = err.get("input")
+    shown = f" (got {inp!r})" if not isinstance(inp, (dict, list)) and etype != "value_error" else ""
+    return f"{where or 'config'}: {msg}{shown}{more}"
+
+
+_TAGS = {
+    "dataset": sorted(CAPTION_TYPES | LABEL_TYPES),
+    "embedder": ["clip", "phi3v", "phi3v-lm"],
+    "task": ["retrieval", "linear_probe", "zeroshot", "speed"],
+}
+
+
+def _kind_of(loc: list) -> str:
+    head = loc[0] if loc else ""
+    return {"datasets": "dataset", "embedders": "embedder", "tasks": "task"}.get(str(head), "component")
+
+
+def _has(node, part) -> bool:
+    return (isinstance(node, list) and isinstance(part, int) and part < len(node)) or (
+        isinstance(node, dict) and part in node)
+
+
+def _pick_model(ann, node):
+    """Unwrap list/dict/Annotated/Union to the model that validates `node`."""
+
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is Annotated:
+        return _pick_model(args[0], node)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    if origin in (list, dict):
+        return _Deferred(args[-1])
+    if origin is Union or str(origin) == "types.UnionType":
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(node, dict) and "type" in node:
+            for m in models:
+                tf = m.model_fields.get("type")
+                if tf is not None and node["type"] in typing.get_args(tf.annotation):
+                    return m
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+class _Deferred:
+    """A container's item type; resolved once the index/key is consumed."""
+
+    def __init__(self, ann) -> None:
+        self.ann = ann
+        self.model_fields: dict = {}
+
+
+def _model_at(loc: list, raw: dict[str, Any]):
+    """The pydantic model class that validates the mapping at `loc` (for listing allowed keys)."""
+    model: Any = Config
+    node: Any = raw
+    pending = None
+    for part in loc:
+        if pending is not None:
+            node = node[part] if _has(node, part) else None
+            model = _pick_model(pending, node)
+            pending = None
+            continue
+        if model is None or not hasattr(model, "model_fields"):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        picked = _pick_model(field.annotation, node)
+        if isinstance(picked, _Deferred):
+            pending, model = picked.ann, None
+        else:
+            model = picked
+    return model if pending is None else None
+
+
+def check_paths(cfg: Config) -> None:
+    """Check that every file and folder the config names exists (the I/O half of validation)."""
+    for name, ds in cfg.datasets.items():
+        for key in ("annotations", "images", "root"):
+            p = getattr(ds, key, None)
+            if p is None:
+                continue
+            want_dir = key in ("images", "root")
+            ok = p.is_dir() if want_dir else p.is_file()
+            if not ok:
+                what = "folder" if want_dir else "file"
+                fix = " (run `make data` to generate the demo data)" if "demo" in str(p) else ""
+                raise ConfigError(f"datasets.{name}.{key}: {what} not found: {p}{fix}")
+
+
+def resolved_dict(cfg: Config) -> dict[str, Any]:
+    """The config as plain JSON with absolute paths (recorded in results.json)."""
+    def fix(o):
+        if isinstance(o, Path):
+            return str(o.resolve())
+        if isinstance(o, dict):
+            return {k: fix(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [fix(v) for v in o]
+        return o
+
+    return fix(cfg.model_dump(mode="python"))

@@ -1,0 +1,89 @@
+"""`bench embed`: the feature-extraction use of the seed, for any embedder.
+
+Writes one float32 tensor per image, keyed by its path relative to the images folder, and, for
+text-capable embedders given --texts, one per text line keyed `text:<line number>` (the texts
+themselves are kept in the file's metadata under "texts", as JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from bench.errors import BenchError, CapabilityError, DataError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise DataError(f"--images: folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise DataError(f"--images: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {folder}")
+    return files
+
+
+def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Path | None = None,
+                 revision: str | None = None, num_crops: int | None = None, pooling: str | None = None,
+                 template: str | None = None, device: str = "auto", dtype: str = "float32", batch_size: int = 8,
+                 num_workers: int = 1) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from bench import registry
+    from bench.embedders.base import RuntimeOptions
+    from bench.environment import resolve_device
+    from bench.loader import image_batches
+
+    if output.suffix != ".safetensors":
+        raise BenchError(f"--output must end in .safetensors (got {output})")
+    params: dict = {"model": model, "revision": revision}
+    if num_crops is not None:
+        params["num_crops"] = num_crops
+    if pooling is not None:
+        params["pooling"] = pooling
+    if template is not None:
+        params["template"] = template
+    for opt, allowed in (("num_crops", {"phi3v", "phi3v-lm"}), ("pooling", {"phi3v"}), ("template", {"phi3v-lm"})):
+        if opt in params and kind not in allowed:
+            raise BenchError(f"--{opt.replace('_', '-')} does not apply to '{kind}' (only to {', '.join(sorted(allowed))})")
+    files = list_images(images)
+    lines = None
+    if texts is not None:
+        if not texts.is_file():
+            raise DataError(f"--texts: file not found: {texts}")
+        lines = [ln.rstrip("\n") for ln in texts.read_text().splitlines()]
+    dev = resolve_device(device)
+    cls = registry.resolve("embedder", kind)
+    emb = cls(runtime=RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size), **params)
+    if lines is not None and not emb.supports_text:
+        raise CapabilityError(f"'{kind}' embeds images only: drop --texts or use a text-capable embedder "
+                              "(clip, phi3v-lm)")
+    tensors: dict[str, torch.Tensor] = {}
+    i = 0
+    for batch in image_batches(emb, files, batch_size, num_workers):
+        out = emb.embed_image_batch(batch)
+        for vec in out:
+            tensors[files[i].relative_to(images).as_posix()] = vec.detach().float().contiguous().clone()
+            i += 1
+    if lines is not None:
+        vecs = emb.embed_texts(lines) if lines else torch.empty(0)
+        for n, vec in enumerate(vecs):
+            tensors[f"text:{n}"] = vec.float().contiguous().clone()
+    meta = {"embedder": kind, "model": str(model), "fingerprint": json.dumps(emb.fingerprint(), default=str),
+            "num_images": str(len(files))}
+    if lines is not None:
+        meta["texts"] = json.dumps(lines)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=".tmp-", suffix=".safetensors")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=meta)
+        os.replace(tmp, output)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return output

@@ -1,0 +1,224 @@
+"""Build components, embed once (through the cache), feed the metrics, write the Result.
+
+Data flows one way: config -> datasets + embedders -> embeddings (cached) -> metrics -> results.
+Embedders run one after another (only one model in memory at a time); results.json is rewritten
+after each embedder, so a failure later in the run keeps what was finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import registry
+from bench.cache import EmbeddingCache, cache_key
+from bench.config import Config, check_paths, resolved_dict
+from bench.embedders.base import Embedder, RuntimeOptions
+from bench.results import Metric, RunResult, write_json_atomic
+
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def short_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RunContext:
+    """Shared state of one run: config, device, cache and the datasets (each loaded once)."""
+
+    def __init__(self, cfg: Config, device: str, cache: EmbeddingCache, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.cache = cache
+        self.progress = progress
+        self._datasets: dict[str, Any] = {}
+
+    def dataset(self, name: str):
+        if name not in self._datasets:
+            spec = self.cfg.datasets[name]
+            loader = registry.resolve("dataset", spec.type)
+            kwargs = spec.model_dump(exclude={"type"})
+            self._datasets[name] = loader(name=name, **kwargs)
+        return self._datasets[name]
+
+    def dataset_summary(self) -> dict[str, Any]:
+        out = {}
+        for name, ds in self._datasets.items():
+            d: dict[str, Any] = {"type": self.cfg.datasets[name].type, "fingerprint": ds.fingerprint(),
+                                 "num_images": len(ds)}
+            if hasattr(ds, "captions"):
+                d["num_captions"] = ds.num_captions
+            else:
+                d["num_classes"] = ds.num_classes
+                d["multilabel"] = ds.multilabel
+            out[name] = d
+        return out
+
+
+class EmbedderRun:
+    """One embedder's pass over the tasks: embeddings through the cache, details and timings."""
+
+    def __init__(self, ctx: RunContext, label: str, embedder: Embedder) -> None:
+        self.ctx = ctx
+        self.label = label
+        self.embedder = embedder
+        self.fingerprint = embedder.fingerprint()
+        self.details: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+        self.cache_status: dict[str, str] = {}
+        self._emb: dict[tuple[str, str], Any] = {}
+
+    @contextlib.contextmanager
+    def timed(self, what: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[what] = round(self.timings.get(what, 0.0) + time.perf_counter() - t0, 4)
+
+    def detail(self, key: str, value: Any) -> None:
+        self.details[key] = value
+
+    def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str):
+        if (ds_name, modality) in self._emb:
+            return self._emb[(ds_name, modality)]
+        ds = self.ctx.dataset(ds_name)
+        key = cache_key(self.fingerprint, ds.fingerprint(), modality)
+        bar = _progress(n, f"{self.label} {modality}s {ds_name}", unit, self.ctx.progress)
+        with self.timed(f"embed_{modality}s/{ds_name}"):
+            emb, status = self.ctx.cache.get_or_compute(
+                key, n, lambda a, b: compute(a, b, bar), describe={"embedder": self.label, "dataset": ds_name,
+                                                                  "modality": modality},
+                on_progress=bar.update)
+        bar.close()
+        self.cache_status[f"{modality}s/{ds_name}"] = status
+        self._emb[(ds_name, modality)] = emb
+        return emb
+
+    def image_embeddings(self, ds_name: str):
+        import torch
+
+        from bench.loader import image_batches
+
+        ds = self.ctx.dataset(ds_name)
+        rt = self.ctx.cfg.runtime
+
+        def compute(start: int, stop: int, bar):
+            out = []
+            for batch in image_batches(self.embedder, ds.image_paths[start:stop], rt.batch_size, rt.num_workers,
+                                       pin_memory=self.ctx.device.startswith("cuda")):
+                e = self.embedder.embed_image_batch(batch)
+                out.append(e)
+                bar.update(len(e))
+            return torch.cat(out)
+
+        return self._cached(ds_name, "image", len(ds), compute, "img")
+
+    def text_embeddings(self, ds_name: str):
+        ds = self.ctx.dataset(ds_name)
+        texts, _ = ds.flat_captions()
+        step = max(self.ctx.cfg.runtime.batch_size * 4, 32)
+
+        def compute(start: int, stop: int, bar):
+            import torch
+
+            out = []
+            for s in range(start, stop, step):
+                e = self.embedder.embed_texts(texts[s:min(s + step, stop)])
+                out.append(e)
+                bar.update(len(e))
+            return torch.cat(out)
+
+        return self._cached(ds_name, "text", len(texts), compute, "text")
+
+
+def _progress(total: int, desc: str, unit: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, leave=False, file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def build_embedder(spec, ctx: RunContext) -> Embedder:
+    cls = registry.resolve("embedder", spec.type)
+    rt = ctx.cfg.runtime
+    runtime = RuntimeOptions(device=ctx.device, dtype=rt.dtype, batch_size=rt.batch_size, compile=rt.compile)
+    return cls(runtime=runtime, **spec.params())
+
+
+def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = True, progress: bool = True,
+                  out_dir: Path | None = None, render: bool = True) -> Path:
+    """Run every task for every embedder; return the run folder (results.json, report.*)."""
+    import numpy as np
+    import torch
+
+    from bench.environment import capture, resolve_device
+
+    check_paths(cfg)
+    rt = cfg.runtime
+    if rt.threads:
+        torch.set_num_threads(rt.threads)
+    torch.manual_seed(rt.seed)
+    np.random.seed(rt.seed)
+    device = resolve_device(rt.device)
+    if device == "cpu" and rt.dtype != "float32":
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"runtime.dtype: '{rt.dtype}' is for CUDA; on the CPU use float32")
+
+    now = datetime.now(timezone.utc)
+    run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"
+    out_dir = Path(out_dir) if out_dir else cfg.output_dir / run_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress)
+    result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
+                       config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
+                       synthetic=cfg.synthetic)
+    if cfg.synthetic:
+        result.notes.append("Synthetic benchmark: generated images and tiny random-initialized models. "
+                            "The numbers measure the harness, not model quality.")
+    _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
+    t_run = time.perf_counter()
+    for spec in cfg.embedders:
+        label = spec.label
+        _log(f"{label}: loading {spec.type} from {spec.model}")
+        t0 = time.perf_counter()
+        embedder = build_embedder(spec, ctx)
+        load_s = time.perf_counter() - t0
+        erun = EmbedderRun(ctx, label, embedder)
+        erun.timings["load"] = round(load_s, 4)
+        describe = embedder.describe()
+        result.embedders[label] = {
+            "type": spec.type, "fingerprint": short_hash(erun.fingerprint), "fingerprint_detail": erun.fingerprint,
+            "describe": describe, "modalities": sorted(embedder.modalities),
+            "random_weights": bool(cfg.synthetic or describe.get("random_weights")),
+        }
+        for task in cfg.tasks:
+            _log(f"{label}: {task.type}")
+            fn = registry.resolve("task", task.type)
+            result.metrics.extend(fn(erun, task))
+        result.metrics.append(Metric(label, "load", "-", "speed/load_s", load_s, "s", False, "speed",
+                                     "wall time to build the embedder from its checkpoint"))
+        result.details[label] = erun.details
+        result.timings[label] = erun.timings
+        result.cache[label] = erun.cache_status
+        result.datasets = ctx.dataset_summary()
+        write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": False})
+        del embedder, erun
+        gc.collect()
+    result.timings["_total_s"] = round(time.perf_counter() - t_run, 3)
+    write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": True})
+    if render:
+        from bench.report import render_run
+
+        render_run(result.to_json(), out_dir)
+    return out_dir
