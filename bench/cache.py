@@ -56,8 +56,8 @@ class EmbeddingCache:
                     if on_progress:
                         on_progress(n_items)
                     return out, "hit"
-            except (OSError, ValueError, KeyError, json.JSONDecodeError, RuntimeError):
-                pass  # unreadable: recompute below
+            except Exception:  # unreadable entry: fall through and recompute what is missing
+                pass
         d.mkdir(parents=True, exist_ok=True)
         shards, parts, status = [], [], "miss"
         for i, start in enumerate(range(0, n_items, shard_size)):
@@ -72,7 +72,7 @@ class EmbeddingCache:
                         emb = None
                     else:
                         status = "partial"
-                except (OSError, ValueError, RuntimeError):
+                except Exception:  # unreadable shard (killed writer, disk error): recompute it
                     emb = None
             if emb is None:
                 emb = compute(start, stop).contiguous().float()
