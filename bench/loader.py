@@ -11,6 +11,33 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.images import load_image
+from bench.errors import BenchError
+
+
+class _Failed:
+    """A user-facing error raised in a worker, carried to the main process as data.
+
+    DataLoader would re-raise it with the worker's traceback glued into the message; we want
+    the one-line message itself.
+    """
+
+    def __init__(self, error: BenchError) -> None:
+        self.error_type = type(error)
+        self.message = str(error)
+
+    def raise_(self):
+        raise self.error_type(self.message)
+
+
+class _Collate:
+    def __init__(self, collate) -> None:
+        self.collate = collate
+
+    def __call__(self, items: list[Any]) -> Any:
+        for it in items:
+            if isinstance(it, _Failed):
+                return it
+        return self.collate(items)
 
 
 class _ImageFiles:
@@ -22,7 +49,10 @@ class _ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> Any:
-        return self.preprocess(load_image(self.paths[i]))
+        try:
+            return self.preprocess(load_image(self.paths[i]))
+        except BenchError as e:
+            return _Failed(e)
 
 
 def _worker_init(_: int) -> None:
@@ -38,23 +68,30 @@ def image_batches(embedder, paths: Sequence[Path], batch_size: int, num_workers:
     from torch.utils.data import DataLoader
 
     ds = _ImageFiles(paths, embedder.preprocess)
+    collate = _Collate(embedder.collate)
     if num_workers <= 0:
         for start in range(0, len(ds), batch_size):
-            yield embedder.collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+            batch = collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+            if isinstance(batch, _Failed):
+                batch.raise_()
+            yield batch
         return
     loader = DataLoader(
         ds,
         batch_size=batch_size,
         shuffle=False,
         num_workers=num_workers,
-        collate_fn=embedder.collate,
+        collate_fn=collate,
         worker_init_fn=_worker_init,
         pin_memory=pin_memory and torch.cuda.is_available(),
         prefetch_factor=2,
         persistent_workers=False,
         multiprocessing_context="fork" if _fork_ok() else None,
     )
-    yield from loader
+    for batch in loader:
+        if isinstance(batch, _Failed):
+            batch.raise_()
+        yield batch
 
 
 def _fork_ok() -> bool:

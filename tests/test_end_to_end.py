@@ -1,0 +1,158 @@
+"""The whole harness on synthetic data and tiny checkpoints: results, report, cache reuse."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _config(tmp: Path, synthetic_dir: Path, clip_dir: Path, phi_dir: Path) -> Path:
+    d = synthetic_dir
+    cfg = {
+        "name": "e2e",
+        "synthetic": True,
+        "output_dir": str(tmp / "runs"),
+        "cache_dir": str(tmp / "cache"),
+        "runtime": {"device": "cpu", "batch_size": 5, "num_workers": 1, "seed": 0},
+        "datasets": {
+            "caps": {"type": "coco_karpathy", "annotations": str(d / "dataset_coco.json"),
+                     "images": str(d / "images"), "split": "test"},
+            "obj_train": {"type": "coco_instances", "annotations": str(d / "annotations/instances_train.json"),
+                          "images": str(d / "images/train")},
+            "obj_test": {"type": "coco_instances", "annotations": str(d / "annotations/instances_test.json"),
+                         "images": str(d / "images/test")},
+            "fold_train": {"type": "imagefolder", "root": str(d / "imagefolder/train")},
+            "fold_test": {"type": "imagefolder", "root": str(d / "imagefolder/test")},
+        },
+        "embedders": [
+            {"type": "clip", "model": str(clip_dir)},
+            {"type": "phi3v", "model": str(phi_dir), "num_crops": 2},
+            {"type": "phi3v-lm", "model": str(phi_dir), "num_crops": 2},
+        ],
+        "tasks": [
+            {"type": "retrieval", "dataset": "caps"},
+            {"type": "linear_probe", "train": "fold_train", "test": "fold_test"},
+            {"type": "linear_probe", "train": "obj_train", "test": "obj_test"},
+            {"type": "zeroshot", "dataset": "fold_test", "templates": ["a {c}."]},
+            {"type": "speed", "dataset": "caps", "num_images": 6, "min_iterations": 1, "min_time_s": 0.0,
+             "warmup_batches": 1},
+        ],
+    }
+    p = tmp / "e2e.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def e2e_run(tmp_path_factory, synthetic_dir, tiny_clip_dir, tiny_phi3v_dir):
+    from bench.config import load_config
+    from bench.runner import run_benchmark
+
+    tmp = tmp_path_factory.mktemp("e2e")
+    path = _config(tmp, synthetic_dir, tiny_clip_dir, tiny_phi3v_dir)
+    cfg = load_config(path)
+    first = run_benchmark(cfg, path, progress=False, out_dir=tmp / "run1")
+    second = run_benchmark(cfg, path, progress=False, out_dir=tmp / "run2")
+    return tmp, path, first, second
+
+
+def _metrics(run_dir: Path) -> dict:
+    data = json.loads((run_dir / "results.json").read_text())
+    return data, {(m["embedder"], m["dataset"], m["key"]): m for m in data["metrics"]}
+
+
+def test_results_and_reports_present(e2e_run):
+    _, _, first, _ = e2e_run
+    for name in ("results.json", "report.md", "report.html", "metrics.csv"):
+        assert (first / name).is_file(), name
+    data, _ = _metrics(first)
+    assert data["schema_version"] == 1 and data["complete"] is True
+    assert data["synthetic"] is True
+    assert set(data["embedders"]) == {"clip", "phi3v", "phi3v-lm"}
+    env = data["environment"]
+    assert env["packages"]["torch"] and env["device"]["type"] == "cpu" and env["hardware_fingerprint"]
+    assert data["datasets"]["caps"]["num_images"] == 24
+    assert data["datasets"]["caps"]["num_captions"] >= 5 * 24
+    assert "random" in (first / "report.md").read_text().lower()
+
+
+def test_every_expected_metric_key(e2e_run):
+    _, _, first, _ = e2e_run
+    _, m = _metrics(first)
+    recall = [f"retrieval/{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    for emb in ("clip", "phi3v", "phi3v-lm"):
+        for key in recall:
+            assert (emb, "caps", key) in m, (emb, key)
+        for key in ("probe/top1", "probe/top5", "probe/mean_per_class_recall"):
+            assert m[(emb, "fold_test", key)]["value"] is not None
+        assert m[(emb, "obj_test", "probe/mAP")]["value"] is not None
+        for key in ("zeroshot/top1", "zeroshot/top5", "zeroshot/mean_per_class_recall"):
+            assert (emb, "fold_test", key) in m
+        for key in ("speed/images_per_s", "speed/model_images_per_s", "speed/batch_latency_p50_ms",
+                    "speed/batch_latency_p90_ms", "speed/batch_latency_p99_ms", "memory/peak_rss_mib"):
+            v = m[(emb, "caps", key)]["value"]
+            assert v is not None and v > 0, (emb, key)
+    # Text-capable embedders fill every quality metric; the image-only one says why it cannot.
+    for emb in ("clip", "phi3v-lm"):
+        for key in recall:
+            v = m[(emb, "caps", key)]["value"]
+            assert 0.0 <= v <= 100.0
+        assert m[(emb, "fold_test", "zeroshot/top1")]["value"] is not None
+    for key in recall:
+        rec = m[("phi3v", "caps", key)]
+        assert rec["value"] is None and "images only" in rec["na_reason"]
+    assert m[("phi3v", "fold_test", "zeroshot/top1")]["value"] is None
+    # Directions are declared.
+    assert m[("clip", "caps", "memory/peak_rss_mib")]["higher_is_better"] is False
+    assert m[("clip", "caps", "retrieval/i2t_recall@5")]["higher_is_better"] is True
+
+
+def test_second_run_reuses_cache_and_gives_same_quality(e2e_run):
+    _, _, first, second = e2e_run
+    d1, m1 = _metrics(first)
+    d2, m2 = _metrics(second)
+    for emb, status in d1["cache"].items():
+        assert set(status.values()) == {"miss"}, (emb, status)
+    for emb, status in d2["cache"].items():
+        assert status and set(status.values()) == {"hit"}, (emb, status)
+    for k, rec in m1.items():
+        if rec["kind"] == "quality" and rec["value"] is not None:
+            assert m2[k]["value"] == pytest.approx(rec["value"], abs=1e-9), k
+
+
+def test_cli_run_prints_report_path_last(e2e_run, tmp_path):
+    tmp, path, _, _ = e2e_run
+    r = subprocess.run([sys.executable, "-m", "bench", "run", str(path), "--no-progress", "--out",
+                        str(tmp_path / "cli")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.endswith("report.html") and Path(last.split()[-1]).is_file()
+
+
+def test_corrupt_image_is_one_clear_error(tmp_path, synthetic_dir, tiny_clip_dir):
+    import shutil
+
+    from bench.config import load_config
+    from bench.errors import DataError
+    from bench.runner import run_benchmark
+
+    root = tmp_path / "imgs"
+    shutil.copytree(synthetic_dir / "imagefolder" / "test", root)
+    victim = sorted(root.rglob("*.jpg"))[3]
+    victim.write_bytes(b"not a jpeg at all")
+    cfg = {"name": "bad", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+           "runtime": {"device": "cpu", "num_workers": 0},
+           "datasets": {"f": {"type": "imagefolder", "root": str(root)}},
+           "embedders": [{"type": "clip", "model": str(tiny_clip_dir)}],
+           "tasks": [{"type": "linear_probe", "train": "f", "test": "f"}]}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(DataError, match=rf"cannot decode image .*{victim.name}"):
+        run_benchmark(load_config(p), p, progress=False)
