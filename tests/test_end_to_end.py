@@ -136,7 +136,8 @@ def test_cli_run_prints_report_path_last(e2e_run, tmp_path):
     assert last.endswith("report.html") and Path(last.split()[-1]).is_file()
 
 
-def test_corrupt_image_is_one_clear_error(tmp_path, synthetic_dir, tiny_clip_dir):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_corrupt_image_is_one_clear_error(tmp_path, synthetic_dir, tiny_clip_dir, workers):
     import shutil
 
     from bench.config import load_config
@@ -148,7 +149,7 @@ def test_corrupt_image_is_one_clear_error(tmp_path, synthetic_dir, tiny_clip_dir
     victim = sorted(root.rglob("*.jpg"))[3]
     victim.write_bytes(b"not a jpeg at all")
     cfg = {"name": "bad", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
-           "runtime": {"device": "cpu", "num_workers": 0},
+           "runtime": {"device": "cpu", "num_workers": workers},
            "datasets": {"f": {"type": "imagefolder", "root": str(root)}},
            "embedders": [{"type": "clip", "model": str(tiny_clip_dir)}],
            "tasks": [{"type": "linear_probe", "train": "f", "test": "f"}]}
