@@ -1,0 +1,86 @@
+"""Shared bits of the benchmark scripts: a result line format, full-size random checkpoints, images."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = Path(os.environ.get("BENCH_PERF_DIR", ROOT / ".cache" / "perf"))
+RESULTS = WORK / "results.jsonl"
+
+
+def report(name: str, value: float, target: str, ok: bool, detail: str = "") -> None:
+    """One line per figure, `value` next to its target; also appended to results.jsonl."""
+    mark = "MET " if ok else "MISS"
+    print(f"[{mark}] {name}: {value:.3f} (target {target}) {detail}".rstrip(), flush=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps({"name": name, "value": value, "target": target, "ok": ok, "detail": detail}) + "\n")
+
+
+def jpeg_folder(n: int, size=(640, 480), seed: int = 0) -> Path:
+    """n photo-like JPEGs (smooth gradients + noise + shapes), written once."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    out = WORK / f"jpeg_{n}_{size[0]}x{size[1]}_{seed}"
+    stamp = out / "_done"
+    if stamp.exists():
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        base = np.stack([(xx * rng.uniform(0.2, 0.5) + yy * rng.uniform(0.1, 0.4) + rng.uniform(0, 255)) % 256
+                         for _ in range(3)], -1)
+        arr = np.clip(base + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+        im = Image.fromarray(arr)
+        d = ImageDraw.Draw(im)
+        for _ in range(5):
+            x0, y0 = int(rng.integers(0, w - 60)), int(rng.integers(0, h - 60))
+            d.ellipse([x0, y0, x0 + int(rng.integers(20, 200)), y0 + int(rng.integers(20, 200))],
+                      fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
+        im.save(out / f"img_{i:04d}.jpg", quality=90)
+    stamp.write_text("ok")
+    return out
+
+
+def full_clip_b32() -> Path:
+    """CLIP ViT-B/32 architecture (transformers' CLIPConfig defaults) with random weights, saved once
+    with the tiny checkpoint's tokenizer files (the image path does not use them)."""
+    import shutil
+
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    from bench.models.tiny_clip import make_tiny_clip
+
+    out = WORK / "clip-vit-b32-random"
+    if (out / "_done").exists():
+        return out
+    tiny = make_tiny_clip(WORK / "tiny-clip-tok", seed=0)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = CLIPConfig(text_config={"vocab_size": 49408}, vision_config={"image_size": 224, "patch_size": 32})
+    torch.manual_seed(0)
+    CLIPModel(cfg).save_pretrained(out)
+    pre = json.loads((tiny / "preprocessor_config.json").read_text())
+    pre.update({"crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 224}})
+    (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        if (tiny / f).exists():
+            shutil.copy(tiny / f, out / f)
+    (out / "_done").write_text("ok")
+    return out
+
+
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+sys.path.insert(0, str(ROOT))
