@@ -85,7 +85,8 @@ def resolve_model_dir(model: str, revision: str | None = None,
 
     cache = hf_cache_dir()
     if _looks_like_path(model):
-        raise ModelError(f"model folder not found: {local.absolute()} (the path does not exist; fix the path, "
+        raise ModelError(f"model folder not found: {local.absolute()} (the path does not exist; "
+                         f"fix the path, "
                          f"or name a hub id like 'openai/clip-vit-base-patch32' cached under {cache})")
 
     repo = cache / ("models--" + model.replace("/", "--"))
@@ -96,7 +97,8 @@ def resolve_model_dir(model: str, revision: str | None = None,
     snapshot = _pick_snapshot(repo, model, revision, looked)
     missing = _missing(snapshot, required)
     if missing:
-        raise ModelError(f"cached snapshot {snapshot} of '{model}' is incomplete: missing {', '.join(missing)} "
+        raise ModelError(f"cached snapshot {snapshot} of '{model}' is incomplete: "
+                         f"missing {', '.join(missing)} "
                          f"(an interrupted download?); {_fix_hint(model, revision)}")
     return snapshot
 
@@ -105,7 +107,8 @@ def _pick_snapshot(repo: Path, model: str, revision: str | None, looked: str) ->
     snapshots = repo / "snapshots"
     available = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
     refs = repo / "refs"
-    ref_names = sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file()) if refs.is_dir() else []
+    ref_names = (sorted(str(p.relative_to(refs)) for p in refs.rglob("*") if p.is_file())
+                 if refs.is_dir() else [])
     wanted = revision or "main"
 
     ref_file = refs / wanted
@@ -113,7 +116,8 @@ def _pick_snapshot(repo: Path, model: str, revision: str | None, looked: str) ->
         sha = ref_file.read_text().strip()
         if (snapshots / sha).is_dir():
             return snapshots / sha
-        raise ModelError(f"'{model}' revision '{wanted}' points at snapshot {sha}, which is not in {snapshots}; "
+        raise ModelError(f"'{model}' revision '{wanted}' points at snapshot {sha}, "
+                         f"which is not in {snapshots}; "
                          f"{_fix_hint(model, revision)}")
     if revision:
         # A commit sha, full or abbreviated (as shown on the hub).
@@ -127,7 +131,8 @@ def _pick_snapshot(repo: Path, model: str, revision: str | None, looked: str) ->
     if len(available) == 1:
         return snapshots / available[0]
     if not available:
-        raise ModelError(f"model '{model}' not found offline: {looked} (no snapshots); {_fix_hint(model, None)}")
+        raise ModelError(f"model '{model}' not found offline: {looked} (no snapshots); "
+                         f"{_fix_hint(model, None)}")
     raise ModelError(f"'{model}' has several cached snapshots ({', '.join(available)}) and no refs/main; "
                      f"pin one with `revision:` in the config")
 
