@@ -125,7 +125,7 @@ class RetrievalTask(_Model):
     type: Literal["retrieval"]
     dataset: str
     ks: list[Annotated[int, Field(ge=1)]] = [1, 5, 10]
-    chunk_size: Annotated[int, Field(ge=1)] = 1024
+    chunk_size: Annotated[int, Field(ge=1)] = 512
 
 
 class LinearProbeTask(_Model):
