@@ -62,7 +62,8 @@ def run_linear_probe(run: EmbedderRun, task) -> list[Metric]:
         res = linear_probe(run.image_embeddings(task.train).numpy(), train.labels,
                            run.image_embeddings(task.test).numpy(), test.labels, val_x, val_y,
                            multilabel=train.multilabel, seed=run.ctx.cfg.runtime.seed,
-                           val_fraction=task.val_fraction, max_iter=task.max_iter)
+                           val_fraction=task.val_fraction, max_iter=task.max_iter,
+                           num_classes=len(train.class_names))
     details = dict(res.details)
     details["class_names"] = train.class_names
     run.detail(f"linear_probe/{task.test}", details)

@@ -1,163 +1,310 @@
-"""Linear probe: logistic regression on frozen, L2-normalized embeddings (CLIP paper protocol).
+"""Linear probe: logistic regression on frozen, L2-normalized embeddings (CLIP paper / CLIP_benchmark).
 
-C (inverse L2 strength) is chosen on a validation split: a coarse log-spaced sweep (10^-2..10^4),
-then a refined sweep around the best; the classifier is retrained on train+val with the chosen C
-and scored on test. Without a given validation split, a seeded (stratified when possible)
-`val_fraction` of train is held out. Multi-label data: one-vs-rest, scored by macro mAP over the
-classes present in test. Deterministic for the same inputs and seed.
+Protocol
+- Features are (re-)L2-normalized. scikit-learn LogisticRegression, lbfgs (multinomial for
+  single-label; one binary model per class, i.e. one-vs-rest, for multi-label).
+- C (inverse L2 strength) is chosen on a validation split: a coarse log-spaced sweep
+  (`COARSE_C`, 10^-2..10^4, or `c_grid`), then a refined sweep at best * 10^{+-0.25, +-0.5};
+  ties go to the smaller C (stronger regularization). Without a given validation split a seeded
+  `val_fraction` of train is held out, stratified when every class has >= 2 samples.
+- Retrain on train+val with the chosen C, score test.
+- Speed: C is swept in ascending order with warm starts, and lbfgs stops at gradient tolerance
+  `tol * min(1, C)` (tol=1e-5: sklearn's default 1e-4 stops warm-started large-C fits after 0
+  iterations; the min(1, C) factor keeps strongly regularized fits as accurate as cold tight ones).
+- Deterministic: same inputs and seed give the same numbers (fixed split, fixed sweep order).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-COARSE = tuple(10.0 ** e for e in range(-2, 5))
+from bench.metrics.zeroshot import mean_average_precision, topk_metrics
+
+__all__ = ["COARSE_C", "REFINE_FACTORS", "ProbeResult", "linear_probe", "mean_average_precision"]
+
+HIGHER_IS_BETTER = True
+COARSE_C: tuple[float, ...] = tuple(10.0**e for e in range(-2, 5))
+REFINE_FACTORS: tuple[float, ...] = (10**-0.5, 10**-0.25, 10**0.25, 10**0.5)
+_CONST_SCORE = 1e6  # score of a class that was constant (always / never present) in training
 
 
 @dataclass
 class ProbeResult:
+    """`metrics`: top1, top5, mean_per_class_recall, best_C (single-label) or mAP, best_C
+    (multi-label); `details`: sweep, per-class numbers, split sizes, notes."""
+
     metrics: dict[str, float]
-    details: dict = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
 
 
-def _l2(x) -> np.ndarray:
+def _features(x: Any, name: str) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().float().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
     x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D [N, D] array, got shape {x.shape}")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf")
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def _split(x, y, multilabel, fraction, seed):
+def _labels(y: Any, n: int, name: str, multilabel: bool) -> np.ndarray:
+    y = np.asarray(y)
+    if len(y) != n:
+        raise ValueError(f"{name} has {len(y)} labels for {n} feature rows")
+    if multilabel:
+        if y.ndim != 2:
+            raise ValueError(f"multi-label {name} must be a 0/1 [N, C] array, got shape {y.shape}")
+        if y.size and not np.isin(y, (0, 1)).all():
+            raise ValueError(f"multi-label {name} must hold only 0/1")
+        return y.astype(np.int8)
+    if y.ndim != 1:
+        raise ValueError(f"single-label {name} must be 1-D class indices, got shape {y.shape}")
+    if y.size and (not np.issubdtype(y.dtype, np.number) or not np.all(np.mod(y, 1) == 0) or y.min() < 0):
+        raise ValueError(f"{name} must be non-negative integer class indices")
+    return y.astype(np.int64)
+
+
+def _carve(
+    y: np.ndarray, multilabel: bool, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, str] | None:
+    """Seeded train/val index split of train; None when train is too small to hold anything out."""
     from sklearn.model_selection import train_test_split
 
-    idx = np.arange(len(x))
-    stratify = None
+    n = len(y)
+    if n < 2 or not 0.0 < fraction < 1.0:
+        return None
+    n_val = min(max(int(round(n * fraction)), 1), n - 1)
+    idx = np.arange(n)
+    stratify, how = None, "random"
     if not multilabel:
-        _, counts = np.unique(y, return_counts=True)
-        n_val = int(round(len(x) * fraction))
-        if counts.min() >= 2 and n_val >= len(counts):
-            stratify = y
-    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=stratify)
-    return x[tr], y[tr], x[va], y[va]
+        counts = np.unique(y, return_counts=True)[1]
+        if counts.min() >= 2 and len(counts) <= n_val <= n - len(counts):
+            stratify, how = y, "stratified"
+    fit, val = train_test_split(idx, test_size=n_val, random_state=seed, stratify=stratify)
+    return np.sort(fit), np.sort(val), how
 
 
-def _make(c: float, multilabel: bool, seed: int, max_iter: int):
-    from sklearn.linear_model import LogisticRegression
+class _Probe:
+    """Logistic regression(s) for one C at a time; remembers solutions to warm-start the next C."""
 
-    lr = LogisticRegression(C=c, max_iter=max_iter, tol=1e-4, random_state=seed)
-    if multilabel:
-        from sklearn.multiclass import OneVsRestClassifier
+    def __init__(self, multilabel: bool, num_classes: int, seed: int, max_iter: int, tol: float) -> None:
+        self.multilabel, self.num_classes = multilabel, num_classes
+        self.seed, self.max_iter, self.tol = seed, max_iter, tol
+        self.saved: dict[float, Any] = {}  # C -> solution (coef, intercept) per model
+        self.not_converged: list[float] = []
 
-        return OneVsRestClassifier(lr)
-    return lr
+    def _lr(self, c: float, init: tuple[np.ndarray, np.ndarray] | None):
+        from sklearn.linear_model import LogisticRegression
 
+        # The error in w is about gtol * C: small C (strong regularization, cheap to solve) gets a
+        # proportionally tighter tolerance, else near-tied predictions flip against a tight cold fit.
+        lr = LogisticRegression(C=c, solver="lbfgs", max_iter=self.max_iter, tol=self.tol * min(1.0, c),
+                                random_state=self.seed, warm_start=init is not None)
+        if init is not None:
+            lr.coef_, lr.intercept_ = init[0].copy(), init[1].copy()
+        return lr
 
-def _scores(model, x, num_classes: int, multilabel: bool) -> np.ndarray:
-    """[N, num_classes] decision scores; classes unseen in training get -inf."""
-    if multilabel:
-        return np.asarray(model.decision_function(x)).reshape(len(x), -1)
-    raw = model.decision_function(x)
-    if raw.ndim == 1:  # binary: score of classes_[1]
-        raw = np.stack([-raw, raw], 1)
-    out = np.full((len(x), num_classes), -np.inf, dtype=np.float64)
-    out[:, model.classes_] = raw
-    return out
+    def _fit_one(self, c, x, y, init):
+        """Binary or multinomial fit of y (>= 2 distinct values); returns (model, (coef, intercept))."""
+        classes = np.unique(y)
+        if init is not None:
+            n_rows = 1 if len(classes) == 2 else len(classes)
+            if init[0].shape != (n_rows, x.shape[1]) or not np.array_equal(init[2], classes):
+                init = None
+        lr = self._lr(c, None if init is None else init[:2])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # ConvergenceWarning: recorded in details instead
+            lr.fit(x, y)
+        if np.max(lr.n_iter_) >= self.max_iter:
+            self.not_converged.append(c)
+        return lr, (lr.coef_.copy(), lr.intercept_.copy(), lr.classes_.copy())
 
-
-def mean_average_precision(labels: np.ndarray, scores: np.ndarray) -> tuple[float, list]:
-    """Macro AP (percent) over classes with at least one positive; per-class AP (None if absent)."""
-    from sklearn.metrics import average_precision_score
-
-    per = []
-    for j in range(labels.shape[1]):
-        if labels[:, j].any():
-            s = np.nan_to_num(scores[:, j], neginf=-1e30)
-            per.append(float(100.0 * average_precision_score(labels[:, j], s)))
+    def fit_scores(self, c: float, x: np.ndarray, y: np.ndarray, x_eval: np.ndarray,
+                   init_from: float | None, save: bool = True) -> np.ndarray:
+        """Fit at C (warm-started from the solution saved for `init_from`), return scores [n_eval, C]."""
+        prev = self.saved.get(init_from) if init_from is not None else None
+        if self.multilabel:
+            out = np.empty((len(x_eval), y.shape[1]), dtype=np.float64)
+            sols = []
+            for j in range(y.shape[1]):
+                col = y[:, j]
+                if col.min() == col.max():  # constant in training: sklearn cannot fit it
+                    out[:, j] = _CONST_SCORE if col[0] == 1 else -_CONST_SCORE
+                    sols.append(None)
+                    continue
+                init = prev[j] if prev is not None else None
+                lr, sol = self._fit_one(c, x, col, init)
+                out[:, j] = lr.decision_function(x_eval)
+                sols.append(sol)
         else:
-            per.append(None)
-    present = [v for v in per if v is not None]
-    return (float(np.mean(present)) if present else float("nan")), per
-
-
-class _ConstantColumns:
-    """One-vs-rest needs both values in every column; constant columns get a constant score."""
-
-    def __init__(self, y: np.ndarray) -> None:
-        y = np.asarray(y, dtype=np.int64)
-        self.const = np.where(y.min(0) == y.max(0), y[0], -1)
-        self.fit_cols = np.flatnonzero(self.const < 0)
-
-
-def _fit_score(c, xtr, ytr, xev, num_classes, multilabel, seed, max_iter):
-    if multilabel:
-        cols = _ConstantColumns(ytr)
-        scores = np.empty((len(xev), ytr.shape[1]))
-        for j in np.flatnonzero(cols.const >= 0):
-            scores[:, j] = 1e9 if cols.const[j] == 1 else -1e9
-        if len(cols.fit_cols):
-            model = _make(c, True, seed, max_iter).fit(xtr, ytr[:, cols.fit_cols])
-            scores[:, cols.fit_cols] = np.asarray(model.decision_function(xev)).reshape(len(xev), -1)
-        return scores
-    if len(np.unique(ytr)) < 2:
-        out = np.full((len(xev), num_classes), -np.inf)
-        out[:, int(ytr[0])] = 0.0
+            out = np.full((len(x_eval), self.num_classes), -np.inf, dtype=np.float64)
+            classes = np.unique(y)
+            if len(classes) == 1:  # a single class seen: it is always the answer
+                out[:, classes[0]] = 0.0
+                sols = None
+            else:
+                lr, sols = self._fit_one(c, x, y, prev)
+                d = lr.decision_function(x_eval)
+                if d.ndim == 1:  # binary: one margin for classes_[1]
+                    out[:, lr.classes_[0]], out[:, lr.classes_[1]] = -d / 2, d / 2
+                else:
+                    out[:, lr.classes_] = d
+        if save:
+            self.saved[c] = sols
         return out
-    model = _make(c, False, seed, max_iter).fit(xtr, ytr)
-    return _scores(model, xev, num_classes, False)
 
 
-def _score(scores, y, multilabel) -> float:
+def _val_score(scores: np.ndarray, y: np.ndarray, multilabel: bool) -> float:
     if multilabel:
         return mean_average_precision(y, scores)[0]
-    return float((scores.argmax(1) == y).mean() * 100.0)
+    return topk_metrics(scores, y)["top1"]
 
 
-def linear_probe(train_x, train_y, test_x, test_y, val_x=None, val_y=None, *, multilabel: bool = False,
-                 seed: int = 0, val_fraction: float = 0.2, c_grid=None, max_iter: int = 1000) -> ProbeResult:
-    from bench.metrics.zeroshot import topk_metrics
+def linear_probe(
+    train_x: Any,
+    train_y: Any,
+    test_x: Any,
+    test_y: Any,
+    val_x: Any = None,
+    val_y: Any = None,
+    *,
+    multilabel: bool = False,
+    seed: int = 0,
+    val_fraction: float = 0.2,
+    c_grid: Any = None,
+    max_iter: int = 1000,
+    num_classes: int | None = None,
+    tol: float = 1e-5,
+) -> ProbeResult:
+    """Sweep C on validation, retrain on train+val, score test (see the module docstring).
 
-    xtr, xte = _l2(train_x), _l2(test_x)
-    ytr, yte = np.asarray(train_y), np.asarray(test_y)
-    if len(xtr) != len(ytr) or len(xte) != len(yte):
-        raise ValueError("features and labels differ in length")
+    Single-label labels are class indices [N] (`num_classes` defaults to the largest index + 1);
+    multi-label labels are 0/1 [N, C]. A class absent from train can never be predicted: its test
+    samples count as errors and it is listed in details["classes_missing_from_train"]. Classes
+    absent from test get None in per-class lists and are left out of the means. top5 uses
+    k = min(5, classes) (details["top5_k"]); ties count against the sample (see `topk_metrics`).
+    With a single training class, or too few samples to hold out validation, no sweep is run
+    (best_C = NaN or 1.0 respectively, explained in details["c_selection"]).
+    `c_grid` replaces the coarse grid; with one value that C is used as is (no validation).
+    """
+    xtr, xte = _features(train_x, "train_x"), _features(test_x, "test_x")
+    ytr = _labels(train_y, len(xtr), "train_y", multilabel)
+    yte = _labels(test_y, len(xte), "test_y", multilabel)
+    if len(xtr) == 0 or len(xte) == 0:
+        raise ValueError(f"linear probe needs train and test samples, got {len(xtr)} train, {len(xte)} test")
+    if xtr.shape[1] != xte.shape[1]:
+        raise ValueError(f"train_x has D={xtr.shape[1]} but test_x has D={xte.shape[1]}")
+    if (val_x is None) != (val_y is None):
+        raise ValueError("give both val_x and val_y, or neither")
+    xva = yva = None
+    if val_x is not None:
+        xva = _features(val_x, "val_x")
+        yva = _labels(val_y, len(xva), "val_y", multilabel)
+        if xva.shape[1] != xtr.shape[1]:
+            raise ValueError(f"train_x has D={xtr.shape[1]} but val_x has D={xva.shape[1]}")
+    label_sets = [y for y in (ytr, yva, yte) if y is not None and len(y)]
     if multilabel:
-        num_classes = ytr.shape[1]
+        widths = {y.shape[1] for y in label_sets}
+        if len(widths) != 1:
+            raise ValueError(f"multi-label train/val/test have different class counts: {sorted(widths)}")
+        n_cls = widths.pop()
     else:
-        ytr, yte = ytr.astype(np.int64), yte.astype(np.int64)
-        num_classes = int(max(ytr.max(initial=0), yte.max(initial=0))) + 1
-    if val_x is None:
-        xfit, yfit, xva, yva = _split(xtr, ytr, multilabel, val_fraction, seed)
-    else:
-        xfit, yfit, xva, yva = xtr, ytr, _l2(val_x), np.asarray(val_y)
-        if not multilabel:
-            yva = yva.astype(np.int64)
+        n_cls = int(max(int(y.max()) for y in label_sets)) + 1
+        if num_classes is not None:
+            if num_classes < n_cls:
+                raise ValueError(f"num_classes={num_classes} but labels go up to {n_cls - 1}")
+            n_cls = num_classes
+    grid = sorted({float(c) for c in (COARSE_C if c_grid is None else c_grid)})
+    if not grid or min(grid) <= 0:
+        raise ValueError(f"c_grid must hold positive values, got {c_grid}")
 
+    # Validation split: given, carved from train, or none possible.
+    details: dict[str, Any] = {}
+    if xva is not None and len(xva):
+        xfit, yfit, details["val_source"] = xtr, ytr, "given"
+        xall, yall = np.concatenate([xtr, xva]), np.concatenate([ytr, yva])
+    else:
+        carved = _carve(ytr, multilabel, val_fraction, seed)
+        xall, yall = xtr, ytr
+        if carved is None:
+            xfit = yfit = None
+            details["val_source"] = "none (fewer than 2 training samples)"
+        else:
+            fit_idx, val_idx, how = carved
+            xfit, yfit, xva, yva = xtr[fit_idx], ytr[fit_idx], xtr[val_idx], ytr[val_idx]
+            details["val_source"] = f"{how} {val_fraction:g} of train (seed {seed})"
+
+    probe = _Probe(multilabel, n_cls, seed, max_iter, tol)
     sweep: list[list[float]] = []
+    single_class = (not multilabel) and len(np.unique(yall)) == 1
+    if single_class:
+        best = float("nan")
+        details["c_selection"] = "none: a single class in training, it is always predicted"
+    elif len(grid) == 1:
+        best, details["c_selection"] = grid[0], "fixed (c_grid has one value)"
+    elif xfit is None:
+        best, details["c_selection"] = 1.0, "default C=1 (too few training samples for a validation split)"
+    else:
+        results: dict[float, float] = {}
 
-    def evaluate(c: float) -> float:
-        s = _score(_fit_score(c, xfit, yfit, xva, num_classes, multilabel, seed, max_iter), yva, multilabel)
-        sweep.append([c, s])
-        return s
+        def evaluate(c: float) -> None:
+            done = sorted(results)
+            # warm start from the nearest C already solved (log scale), else cold
+            init = min(done, key=lambda d: abs(math.log(d / c))) if done else None
+            s = _val_score(probe.fit_scores(c, xfit, yfit, xva, init), yva, multilabel)
+            results[c] = s
+            sweep.append([c, s])
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # convergence warnings on tiny/degenerate data
-        grid = tuple(c_grid) if c_grid is not None else COARSE
-        results = {c: evaluate(c) for c in grid}
-        best = max(results, key=lambda c: (results[c], -c))  # ties -> stronger regularization
-        if c_grid is None:
-            for f in (10 ** -0.5, 10 ** -0.25, 10 ** 0.25, 10 ** 0.5):
-                results[best * f] = evaluate(best * f)
-            best = max(results, key=lambda c: (results[c], -c))
-        # retrain on train+val (the carved validation part is already inside train)
-        xall, yall = (xtr, ytr) if val_x is None else (np.concatenate([xfit, xva]), np.concatenate([yfit, yva]))
-        scores = _fit_score(best, xall, yall, xte, num_classes, multilabel, seed, max_iter)
+        def best_c() -> float | None:
+            valid = [c for c in results if not math.isnan(results[c])]
+            return max(valid, key=lambda c: (results[c], -c)) if valid else None
 
-    details = {"c_sweep": sweep, "best_C": best, "num_train": int(len(xall)), "num_test": int(len(xte))}
+        for c in grid:  # ascending: each fit starts from the previous, more regularized solution
+            evaluate(c)
+        b = best_c()
+        if b is None:
+            best, details["c_selection"] = 1.0, "default C=1 (validation split has no positive labels)"
+        else:
+            for c in sorted(b * f for f in REFINE_FACTORS):
+                if not any(math.isclose(c, d, rel_tol=1e-9) for d in results):
+                    evaluate(c)
+            best, details["c_selection"] = best_c(), "validation (coarse then refined sweep)"
+
+    init = best if best in probe.saved else None
+    scores = probe.fit_scores(best if not math.isnan(best) else 1.0, xall, yall, xte, init, save=False)
+
+    details.update({
+        "c_sweep": sweep,
+        "best_C": best,
+        "num_train": int(len(xall)),
+        "num_fit": int(len(xfit)) if xfit is not None else 0,
+        "num_val": int(len(xva)) if xva is not None and xfit is not None else 0,
+        "num_test": int(len(xte)),
+        "num_classes": int(n_cls),
+        "tol": tol,
+        "max_iter": max_iter,
+        "not_converged_C": sorted(set(probe.not_converged)),
+    })
     if multilabel:
         m, per = mean_average_precision(yte, scores)
         details["per_class_ap"] = per
+        missing = np.flatnonzero(yall.max(0) == 0) if len(yall) else []
+        details["classes_missing_from_train"] = [int(j) for j in missing]
         return ProbeResult({"mAP": m, "best_C": best}, details)
-    tk = topk_metrics(np.nan_to_num(scores, neginf=-1e30), yte)
+    tk = topk_metrics(scores, yte)
     details["per_class_accuracy"] = tk.pop("per_class_recall")
+    details["top5_k"] = min(5, n_cls)
+    seen = set(np.unique(yall).tolist())
+    details["classes_missing_from_train"] = [j for j in range(n_cls) if j not in seen]
     return ProbeResult({**tk, "best_C": best}, details)

@@ -61,7 +61,9 @@ def recall_at_k(
     if n_img == 0 or n_txt == 0:
         raise ValueError(f"need at least one image and one caption, got {n_img} images, {n_txt} captions")
     if owner.ndim != 1 or owner.shape[0] != n_txt:
-        raise ValueError(f"text_to_image must have shape [{n_txt}] (one owner per caption), got {tuple(owner.shape)}")
+        raise ValueError(
+            f"text_to_image must have shape [{n_txt}] (one owner per caption), got {tuple(owner.shape)}"
+        )
     if owner.dtype.is_floating_point or owner.dtype == torch.bool or owner.is_complex():
         raise ValueError(f"text_to_image must hold integer image indices, got dtype {owner.dtype}")
     ks = tuple(int(k) for k in ks)
@@ -73,7 +75,8 @@ def recall_at_k(
     owner = owner.to(device=img.device, dtype=torch.long)
     if int(owner.min()) < 0 or int(owner.max()) >= n_img:
         raise ValueError(
-            f"text_to_image values must be in [0, {n_img}), got min {int(owner.min())}, max {int(owner.max())}"
+            f"text_to_image values must be in [0, {n_img}), "
+            f"got min {int(owner.min())}, max {int(owner.max())}"
         )
     # Half precision matmul on CPU is slow and imprecise; float64 stays float64 (exact tests).
     dtype = torch.promote_types(img.dtype, txt.dtype)
