@@ -55,23 +55,14 @@ def full_config(layers: int) -> dict:
 
 def _shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """Every checkpoint tensor name -> shape, from the modules built on the meta device."""
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
     from bench.models.phi3v.lm import build_phi3_model, phi3_config_from_dict
 
     shapes = {"model." + k: tuple(v.shape)
               for k, v in build_phi3_model(phi3_config_from_dict(config)).state_dict().items()}
     shapes["lm_head.weight"] = (VOCAB, HIDDEN)
-    with torch.device("meta"):
-        clip = CLIPVisionModel(CLIPVisionConfig(**VISION))
-    vis = "model.vision_embed_tokens."
-    for k, v in clip.state_dict().items():
-        shapes[vis + "img_processor." + k] = tuple(v.shape)
-    c4 = 4 * VISION["hidden_size"]
-    shapes.update({vis + "img_projection.0.weight": (HIDDEN, c4), vis + "img_projection.0.bias": (HIDDEN,),
-                   vis + "img_projection.2.weight": (HIDDEN, HIDDEN), vis + "img_projection.2.bias": (HIDDEN,),
-                   vis + "glb_GN": (1, 1, c4), vis + "sub_GN": (1, 1, 1, c4)})
+    from bench.models.phi3v.tiny import vision_shapes
+
+    shapes.update(vision_shapes(config))  # the real key layout, from the module itself
     return shapes
 
 
