@@ -81,9 +81,12 @@ class ClipEmbedder(Embedder):
 
         kwargs = dict(local_files_only=True, dtype=self._torch_dtype, output_loading_info=True,
                       ignore_mismatched_sizes=True)  # mismatches are reported below, as a ModelError
+        from bench.models.hub import quiet_transformers
+
         try:
             try:
-                model, info = CLIPModel.from_pretrained(self.model_dir, attn_implementation="sdpa", **kwargs)
+                with quiet_transformers():
+                    model, info = CLIPModel.from_pretrained(self.model_dir, attn_implementation="sdpa", **kwargs)
             except (ValueError, ImportError) as e:
                 if "sdpa" not in str(e).lower():
                     raise

@@ -7,6 +7,7 @@ Shared by every embedder (CLIP, Phi-3-vision).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -182,3 +183,25 @@ def hash_model_files(folder: str | Path) -> str:
     if not entries:
         raise ModelError(f"model folder {folder} holds no model files")
     return hashlib.sha256(json.dumps(entries, separators=(",", ":")).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silence transformers' info/warning chatter and its weight-loading progress bar for one call.
+
+    Loading a phi3_v folder through AutoTokenizer makes transformers parse a config type it does not
+    know and warn about it; those warnings are about transformers' own classes, not the user's files.
+    Real problems still surface as exceptions (turned into ModelError by the callers).
+    """
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -56,8 +56,11 @@ def load_tokenizer(folder: str | Path) -> Any:
                          f"tokenizer files of the base model into that folder")
     from transformers import AutoTokenizer
 
+    from bench.models.hub import quiet_transformers
+
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        with quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError, KeyError, ImportError) as e:
         raise ModelError(f"cannot load the tokenizer in {folder} (found {', '.join(present)}): {e}") from None
     return tok
