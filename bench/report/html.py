@@ -1,0 +1,105 @@
+"""report.html: one self-contained page (inline CSS, plots as data: URIs, no network references)."""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from typing import Any
+
+from bench.report.plots import Plot
+from bench.report.tables import (SYNTHETIC_WARNING, Tables, build_tables, dataset_rows, embedder_rows, protocols,
+                                 run_facts)
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
+     color:#222;line-height:1.4;padding:0 1em}
+h1{font-size:1.6em;margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h3{margin:1.2em 0 .4em;font-size:1.05em}
+table{border-collapse:collapse;margin:.4em 0 1em;font-size:.9em}
+th,td{border:1px solid #ddd;padding:.3em .7em;text-align:right;vertical-align:top}
+th{background:#f4f4f4} td.k,th.k{text-align:left;font-family:ui-monospace,Menlo,Consolas,monospace}
+td.best{background:#e3f4e1;font-weight:bold} td.na{color:#999}
+.warn{background:#fff3cd;border:2px solid #e0a800;padding:.8em 1em;font-weight:bold;margin:1em 0}
+.muted{color:#666;font-size:.9em} figure{margin:1em 0} figcaption{color:#555;font-size:.85em}
+img{max-width:100%;border:1px solid #eee}
+.facts td{text-align:left} .facts td:first-child{font-weight:bold;white-space:nowrap}
+"""
+
+
+def _table(header: list[str], rows: list[list[str]], left_cols: int = 1, cls: str = "") -> str:
+    def td(i: int, v: str, tag: str) -> str:
+        cls_attr = ' class="k"' if i < left_cols else ""
+        return f"<{tag}{cls_attr}>{escape(str(v))}</{tag}>"
+
+    head = "".join(td(i, h, "th") for i, h in enumerate(header))
+    body = "".join("<tr>" + "".join(td(i, v, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
+    table_attr = f' class="{cls}"' if cls else ""
+    return f"<table{table_attr}><tr>{head}</tr>{body}</table>"
+
+
+def metric_tables_html(tables: Tables) -> str:
+    parts = []
+    for section in tables.sections:
+        head = "".join(f"<th>{escape(lb)}</th>" for lb in tables.embedders)
+        rows = []
+        for row in section.rows:
+            arrow = "↑" if row.higher_is_better else "↓"
+            unit = f" ({escape(row.unit)})" if row.unit else ""
+            cells = []
+            for label in tables.embedders:
+                c = row.cells.get(label)
+                if c is None:
+                    cells.append("<td></td>")
+                elif c.note is not None:
+                    cells.append(f'<td class="na" title="{escape(tables.notes[c.note - 1])}">n/a '
+                                 f"<sup>[{c.note}]</sup></td>")
+                else:
+                    cells.append(f'<td class="best">{escape(c.text)}</td>' if c.best else f"<td>{escape(c.text)}</td>")
+            rows.append(f'<tr><td class="k">{escape(row.key)}{unit} {arrow}</td>{"".join(cells)}</tr>')
+        parts.append(f'<h3>{escape(section.title)}</h3><table><tr><th class="k">metric</th>{head}</tr>'
+                     + "".join(rows) + "</table>")
+    if tables.notes:
+        parts.append('<p class="muted">n/a: ' + "; ".join(f"[{i}] {escape(t)}" for i, t in enumerate(tables.notes, 1))
+                     + "</p>")
+    return "\n".join(parts)
+
+
+def _figure(plot: Plot) -> str:
+    data = base64.b64encode(plot.png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{escape(plot.alt)}">'
+            f"<figcaption>{escape(plot.title)}</figcaption></figure>")
+
+
+def render_html(results: dict[str, Any], plots: list[Plot]) -> str:
+    tables = build_tables(results)
+    title = f"bench report: {results.get('benchmark', '?')}"
+    body = [f"<h1>{escape(title)}</h1>",
+            f'<p class="muted">{escape(str(results.get("run_id", "")))} · {escape(str(results.get("created", "")))}</p>']
+    if results.get("synthetic"):
+        body.append(f'<div class="warn">WARNING: {escape(SYNTHETIC_WARNING)}</div>')
+    if results.get("complete") is False:
+        body.append('<div class="warn">This run did not finish: the tables hold the embedders completed so far.</div>')
+    body += ["<h2>Summary</h2>",
+             '<p class="muted">One row per metric, one column per embedder; the best value of each row is '
+             "highlighted (↑ higher is better, ↓ lower is better).</p>", metric_tables_html(tables)]
+    if plots:
+        body += ["<h2>Plots</h2>", *(_figure(p) for p in plots)]
+    body += ["<h2>Run</h2>", _table(["", ""], [[k, v] for k, v in run_facts(results)], 2, "facts"),
+             "<h2>Embedders</h2>",
+             _table(["embedder", "type", "model", "settings", "weights", "fingerprint"], embedder_rows(results), 4),
+             "<h2>Datasets</h2>",
+             _table(["dataset", "type", "images", "captions", "classes", "fingerprint"], dataset_rows(results), 2)]
+    prot = protocols(results)
+    if prot:
+        body += ["<h2>Protocols</h2><ul>"] + [f"<li><b>{escape(t)}</b>: {escape(p)}</li>" for t, p in prot] + ["</ul>"]
+    notes = results.get("notes") or []
+    if notes:
+        body += ["<h2>Notes</h2><ul>"] + [f"<li>{escape(n)}</li>" for n in notes] + ["</ul>"]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def render_history_html(title: str, rows: list[list[str]], header: list[str], plots: list[Plot]) -> str:
+    body = [f"<h1>{escape(title)}</h1>", _table(header, rows, 3), *(_figure(p) for p in plots)]
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+            f"<style>{CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -1,0 +1,64 @@
+"""report.md: the side-by-side tables for pull requests and terminals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.report.tables import (SYNTHETIC_WARNING, Tables, build_tables, dataset_rows, embedder_rows, protocols,
+                                 run_facts)
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def esc(s: str) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def metric_tables_md(tables: Tables) -> list[str]:
+    """One table per task/dataset section: metric rows, embedder columns, best in bold, n/a footnoted."""
+    lines: list[str] = []
+    for section in tables.sections:
+        lines += [f"### {section.title}", ""]
+        body = []
+        for row in section.rows:
+            arrow = "↑" if row.higher_is_better else "↓"
+            unit = f" ({row.unit})" if row.unit else ""
+            cells = []
+            for label in tables.embedders:
+                c = row.cells.get(label)
+                if c is None:
+                    cells.append("")
+                elif c.note is not None:
+                    cells.append(f"n/a [{c.note}]")
+                else:
+                    cells.append(f"**{c.text}**" if c.best else c.text)
+            body.append([f"{row.key}{unit} {arrow}", *cells])
+        lines += _md_table(["metric", *tables.embedders], body) + [""]
+    if tables.notes:
+        lines += ["n/a:", ""] + [f"[{i}] {text}" for i, text in enumerate(tables.notes, 1)] + [""]
+    return lines
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    tables = build_tables(results)
+    lines = [f"# bench report: {results.get('benchmark', '?')}", ""]
+    if results.get("synthetic"):
+        lines += [f"> **WARNING: {SYNTHETIC_WARNING}**", ""]
+    if results.get("complete") is False:
+        lines += ["> **This run did not finish: the tables hold the embedders completed so far.**", ""]
+    lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better).", ""]
+    lines += metric_tables_md(tables)
+    lines += ["## Run", ""] + _md_table(["", ""], [[k, v] for k, v in run_facts(results)]) + [""]
+    lines += ["## Embedders", ""]
+    lines += _md_table(["embedder", "type", "model", "settings", "weights", "fingerprint"], embedder_rows(results))
+    lines += ["", "## Datasets", ""]
+    lines += _md_table(["dataset", "type", "images", "captions", "classes", "fingerprint"], dataset_rows(results))
+    prot = protocols(results)
+    if prot:
+        lines += ["", "## Protocols", ""] + [f"- **{t}**: {p}" for t, p in prot]
+    for note in results.get("notes", []) or []:
+        lines += ["", f"- {note}"]
+    return "\n".join(lines).rstrip() + "\n"
