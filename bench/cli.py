@@ -133,12 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--num-workers", type=int, default=1)
     e.set_defaults(func=_cmd_embed)
 
-    try:
-        from bench.cli_report import register
-    except ImportError:  # pragma: no cover - during development only
-        pass
-    else:
-        register(sub)
+    from bench.cli_report import register
+
+    register(sub)
     return p
 
 

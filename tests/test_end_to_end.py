@@ -157,3 +157,39 @@ def test_corrupt_image_is_one_clear_error(tmp_path, synthetic_dir, tiny_clip_dir
     p.write_text(yaml.safe_dump(cfg))
     with pytest.raises(DataError, match=rf"cannot decode image .*{victim.name}"):
         run_benchmark(load_config(p), p, progress=False)
+
+
+def test_degraded_run_is_caught_as_a_regression(e2e_run, monkeypatch):
+    """A run whose CLIP image embeddings are corrupted (same model, data and settings) fails the compare."""
+    import torch
+
+    from bench.config import load_config
+    from bench.embedders.clip import ClipEmbedder
+    from bench.regression import compare
+    from bench.results import load_results
+    from bench.runner import run_benchmark
+
+    tmp, path, first, _ = e2e_run
+    cfg = yaml.safe_load(path.read_text())
+    cfg["embedders"] = [e for e in cfg["embedders"] if e["type"] == "clip"]
+    cfg["tasks"] = [t for t in cfg["tasks"] if t["type"] != "speed"]
+    small = tmp / "degraded.yaml"
+    small.write_text(yaml.safe_dump(cfg))
+    original = ClipEmbedder.embed_image_batch
+    gen = torch.Generator().manual_seed(0)
+
+    def corrupted(self, batch):
+        x = original(self, batch)
+        return torch.nn.functional.normalize(torch.randn(x.shape, generator=gen), dim=-1)  # noise, no signal
+
+    monkeypatch.setattr(ClipEmbedder, "embed_image_batch", corrupted)
+    degraded = run_benchmark(load_config(small), small, use_cache=False, progress=False, render=False,
+                             out_dir=tmp / "degraded")
+    result, baseline = load_results(degraded), load_results(first)
+    honest = compare(baseline, baseline, fail_on=("quality",))
+    assert honest.exit_code == 0 and honest.count("regressed") == 0
+    c = compare(result, baseline, fail_on=("quality",))
+    assert c.exit_code == 1
+    regressed = {(v.embedder, v.key) for v in c.verdicts if v.verdict == "regressed"}
+    assert regressed and all(e == "clip" for e, _ in regressed)
+    assert {v.verdict for v in c.verdicts if v.embedder != "clip"} == {"missing"}

@@ -1,0 +1,255 @@
+"""Compare a result with a baseline: one verdict per metric, and an exit code CI can act on.
+
+Verdicts (per embedder, dataset and metric key):
+  improved / unchanged / regressed   the values are comparable; a change inside the tolerance is
+                                     `unchanged` (run-to-run noise), beyond it the direction of the
+                                     metric decides;
+  incomparable                       they measure different things: the embedder fingerprint (model
+                                     files, preprocessing, settings), the dataset fingerprint or the
+                                     task's settings differ, one side is n/a, or (speed and memory
+                                     only) the hardware fingerprints or runtime settings differ.
+                                     Never counted as a regression;
+  new / missing                      the metric exists on one side only.
+
+Tolerances: quality metrics (recall, accuracy, in percentage points) are compared with an
+absolute tolerance; speed and memory with a relative one. `per_metric` overrides the tolerance of
+the keys matching a glob pattern (e.g. {"speed/batch_latency_p99_ms": 0.5}, {"probe/*": 2.0}).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+KINDS = ("quality", "speed", "memory")
+VERDICTS = ("regressed", "improved", "unchanged", "incomparable", "new", "missing")
+
+
+@dataclass
+class Tolerances:
+    quality_abs: float = 1.0
+    speed_rel: float = 0.25
+    memory_rel: float = 0.20
+    per_metric: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, section: dict[str, Any] | None) -> Tolerances:
+        """From a config's `regression` section (keys quality_abs_tol, speed_rel_tol, memory_rel_tol, per_metric)."""
+        s = section or {}
+        d = cls()
+        return cls(float(s.get("quality_abs_tol", d.quality_abs)), float(s.get("speed_rel_tol", d.speed_rel)),
+                   float(s.get("memory_rel_tol", d.memory_rel)), dict(s.get("per_metric") or {}))
+
+    def for_metric(self, key: str, kind: str) -> tuple[float, bool]:
+        """(tolerance, relative?) for one metric key."""
+        relative = kind in ("speed", "memory")
+        for pattern, tol in self.per_metric.items():
+            if fnmatch.fnmatchcase(key, pattern):
+                return float(tol), relative
+        if kind == "speed":
+            return self.speed_rel, True
+        if kind == "memory":
+            return self.memory_rel, True
+        return self.quality_abs, False
+
+
+@dataclass
+class Verdict:
+    embedder: str
+    dataset: str
+    key: str
+    kind: str
+    verdict: str
+    baseline: float | None = None
+    result: float | None = None
+    unit: str = ""
+    tolerance: str = ""
+    delta: str = ""
+    reason: str = ""
+
+
+@dataclass
+class Comparison:
+    verdicts: list[Verdict]
+    fail_on: tuple[str, ...]
+    result_id: str = ""
+    baseline_id: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def count(self, verdict: str) -> int:
+        return sum(v.verdict == verdict for v in self.verdicts)
+
+    @property
+    def failing(self) -> list[Verdict]:
+        return [v for v in self.verdicts if v.verdict == "regressed" and v.kind in self.fail_on]
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failing else 0
+
+    def summary(self) -> str:
+        parts = [f"{self.count(v)} {v}" for v in VERDICTS if self.count(v)]
+        return ", ".join(parts) or "nothing to compare"
+
+    def to_markdown(self, show: str = "changes") -> str:
+        """A PR-comment table; `show="changes"` lists every row but the unchanged ones, "all" every row."""
+        head = "REGRESSION" if self.exit_code else "OK"
+        lines = [f"**bench compare: {head}** — {self.summary()} "
+                 f"(failing on: {', '.join(self.fail_on) or 'nothing'})", "",
+                 f"result `{self.result_id}` against baseline `{self.baseline_id}`", ""]
+        lines += [f"- {n}" for n in self.notes]
+        rows = [v for v in self.verdicts if show == "all" or v.verdict != "unchanged"]
+        order = {name: i for i, name in enumerate(VERDICTS)}
+        rows.sort(key=lambda v: (order[v.verdict], v.embedder, v.dataset, v.key))
+        if rows:
+            lines += ["", "| metric | embedder | dataset | baseline | result | delta | tolerance | verdict |",
+                      "|---|---|---|---|---|---|---|---|"]
+            for v in rows:
+                mark = "**regressed**" if v.verdict == "regressed" else v.verdict
+                if v.reason:
+                    mark += f" ({v.reason})"
+                lines.append(f"| {v.key} | {v.embedder} | {v.dataset} | {_fmt(v.baseline, v.unit)} | "
+                             f"{_fmt(v.result, v.unit)} | {v.delta} | {v.tolerance} | {mark} |")
+        unchanged = self.count("unchanged")
+        if show != "all" and unchanged:
+            lines += ["", f"{unchanged} metric(s) unchanged within tolerance (not listed)."]
+        return "\n".join(lines) + "\n"
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:.4g}{'' if unit in ('', '%') else ' ' + unit}{'%' if unit == '%' else ''}"
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _task_settings(results: dict[str, Any], task: str, dataset: str) -> str:
+    """Fingerprint of the config entries of one task that touch one dataset (ks, templates, C grid...)."""
+    entries = [t for t in (results.get("config") or {}).get("tasks", [])
+               if t.get("type") == task and dataset in {t.get(k) for k in ("dataset", "train", "val", "test")}]
+    return _hash(entries)
+
+
+def _runtime_settings(results: dict[str, Any]) -> str:
+    rt = dict((results.get("config") or {}).get("runtime") or {})
+    return _hash({k: rt.get(k) for k in ("device", "dtype", "batch_size", "num_workers", "threads")})
+
+
+def _index(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(m["embedder"], m["dataset"], m["key"]): m for m in results.get("metrics", [])}
+
+
+def _why_incomparable(result: dict, baseline: dict, m: dict[str, Any]) -> str:
+    """Empty when the two values measure the same thing; else the reason they do not."""
+    label, ds, kind = m["embedder"], m["dataset"], m.get("kind", "quality")
+    if result.get("benchmark") != baseline.get("benchmark"):
+        return f"benchmark {result.get('benchmark')} vs {baseline.get('benchmark')}"
+    er = (result.get("embedders") or {}).get(label, {}).get("fingerprint")
+    eb = (baseline.get("embedders") or {}).get(label, {}).get("fingerprint")
+    if er != eb:
+        return "model/preprocessing fingerprint differs"
+    if ds not in ("", "-"):
+        dr = (result.get("datasets") or {}).get(ds, {}).get("fingerprint")
+        db = (baseline.get("datasets") or {}).get(ds, {}).get("fingerprint")
+        if dr != db:
+            return "data fingerprint differs"
+        if _task_settings(result, m["task"], ds) != _task_settings(baseline, m["task"], ds):
+            return "task settings differ"
+    if kind in ("speed", "memory"):
+        hr = (result.get("environment") or {}).get("hardware_fingerprint")
+        hb = (baseline.get("environment") or {}).get("hardware_fingerprint")
+        if hr != hb:
+            return "different hardware"
+        if _runtime_settings(result) != _runtime_settings(baseline):
+            return "runtime settings differ"
+    return ""
+
+
+def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | None = None,
+            fail_on: tuple[str, ...] | list[str] = KINDS) -> Comparison:
+    """Verdict for every metric of `result` and `baseline` (see the module docstring)."""
+    tol = tol or Tolerances.from_config((result.get("config") or {}).get("regression"))
+    bad = [k for k in fail_on if k not in KINDS]
+    if bad:
+        raise BenchError(f"--fail-on: unknown kind '{bad[0]}'; choose from {', '.join(KINDS)}")
+    res, base = _index(result), _index(baseline)
+    out: list[Verdict] = []
+    for key in [*res, *(k for k in base if k not in res)]:
+        m = res.get(key) or base[key]
+        kind = m.get("kind", "quality")
+        v = Verdict(*key, kind=kind, verdict="", unit=m.get("unit", ""))
+        if key not in base:
+            v.verdict, v.result = "new", res[key].get("value")
+        elif key not in res:
+            v.verdict, v.baseline = "missing", base[key].get("value")
+        else:
+            v.result, v.baseline = res[key].get("value"), base[key].get("value")
+            _judge(v, result, baseline, res[key], tol)
+        out.append(v)
+    notes = []
+    if result.get("synthetic") or baseline.get("synthetic"):
+        notes.append("synthetic run (random tiny weights): the verdicts check the harness, not model quality")
+    hr = (result.get("environment") or {}).get("hardware_fingerprint")
+    hb = (baseline.get("environment") or {}).get("hardware_fingerprint")
+    if hr != hb:
+        notes.append(f"hardware differs ({hb} vs {hr}): speed and memory are incomparable")
+    return Comparison(out, tuple(fail_on), str(result.get("run_id", "")), str(baseline.get("run_id", "")), notes)
+
+
+def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances) -> None:
+    if v.result is None and v.baseline is None:
+        v.verdict, v.reason = "unchanged", "n/a on both sides"
+        return
+    if v.result is None or v.baseline is None:
+        v.verdict, v.reason = "incomparable", "n/a on one side"
+        return
+    why = _why_incomparable(result, baseline, m)
+    if why:
+        v.verdict, v.reason = "incomparable", why
+        return
+    t, relative = tol.for_metric(v.key, v.kind)
+    diff = v.result - v.baseline
+    if relative:
+        change = diff / abs(v.baseline) if v.baseline else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+        v.delta, v.tolerance = f"{change * 100:+.1f}%", f"±{t * 100:g}%"
+    else:
+        change = diff
+        v.delta, v.tolerance = f"{diff:+.3g}", f"±{t:g}"
+    better = change if m.get("higher_is_better", True) else -change
+    # A tiny epsilon keeps a change of exactly the tolerance (after float noise) unchanged.
+    if better < -t - 1e-12:
+        v.verdict = "regressed"
+    elif better > t + 1e-12:
+        v.verdict = "improved"
+    else:
+        v.verdict = "unchanged"
+
+
+def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
+    """Copy a result to the baseline path (atomically); return a summary of what changed against the old one."""
+    from bench.results import load_results, write_json_atomic
+
+    result = load_results(result_path)
+    if result.get("complete") is False:
+        raise BenchError(f"{result['_path']} is an unfinished run: finish it before accepting it as a baseline")
+    baseline_path = Path(baseline_path)
+    summary = "new baseline"
+    if baseline_path.exists():
+        try:
+            old = load_results(baseline_path)
+            summary = "against the previous baseline: " + compare(result, old, fail_on=()).summary()
+        except BenchError:
+            summary = "replaced an unreadable baseline"
+    data = {k: v for k, v in result.items() if not k.startswith("_")}
+    write_json_atomic(baseline_path, data)
+    return summary
