@@ -101,6 +101,9 @@ class Comparison:
     def to_markdown(self, show: str = "changes") -> str:
         """A PR-comment table; `show="changes"` lists every row but the unchanged ones, "all" every row."""
         head = "REGRESSION" if self.exit_code else "OK"
+        ignored = sorted({v.kind for v in self.verdicts if v.verdict == "regressed" and v.kind not in self.fail_on})
+        if ignored and not self.exit_code:
+            head += f" (regressions in {', '.join(ignored)} only, which do not fail)"
         lines = [f"**bench compare: {head}** — {self.summary()} "
                  f"(failing on: {', '.join(self.fail_on) or 'nothing'})", "",
                  f"result `{self.result_id}` against baseline `{self.baseline_id}`", ""]

@@ -73,6 +73,8 @@ def test_fail_on_selects_the_kinds_that_fail():
     res = modified(base, {("clip", "speed/images_per_s"): 10.0})
     assert compare(res, base, fail_on=("quality",)).exit_code == 0
     assert compare(res, base, fail_on=("quality",)).count("regressed") == 1  # still reported
+    assert compare(res, base, fail_on=("quality",)).to_markdown().startswith(
+        "**bench compare: OK (regressions in speed only, which do not fail)** — 1 regressed,")
     assert compare(res, base, fail_on=("speed",)).exit_code == 1
     with pytest.raises(BenchError, match="unknown kind 'sped'"):
         compare(res, base, fail_on=("sped",))
@@ -102,6 +104,16 @@ def test_fingerprint_mismatch_is_incomparable_never_regressed():
     assert v.verdict == "incomparable" and v.reason == "data fingerprint differs"
     assert verdict(c, "phi3v-lm", "probe/top1").verdict == "unchanged"  # other data set: still compared
     assert c.count("regressed") == 0 and c.exit_code == 0
+
+
+def test_other_benchmark_is_incomparable():
+    base = make_results()
+    res = modified(base, {("clip", "probe/top1"): 10.0})
+    res["benchmark"] = "coco"
+    c = compare(res, base)
+    assert {v.verdict for v in c.verdicts if v.verdict != "unchanged"} == {"incomparable"}
+    assert verdict(c, "clip", "probe/top1").reason == "benchmark coco vs demo"
+    assert c.exit_code == 0
 
 
 def test_changed_task_settings_are_incomparable():

@@ -39,6 +39,12 @@ def test_best_value_per_row_respects_direction_and_ties():
     na = rows[("caps", "retrieval/i2t_recall@1")].cells["phi3v"]
     assert na.text == "n/a" and not na.best and tables.notes[na.note - 1].startswith("'phi3v' embeds images only")
     assert [s.task for s in tables.sections] == ["retrieval", "linear_probe", "zeroshot", "speed"]
+    # A metric one embedder never recorded: a dash in every column, never best, no footnote.
+    results["metrics"].append({**results["metrics"][0], "key": "speed/texts_per_s", "task": "speed",
+                               "value": 5.0, "unit": "text/s"})
+    row = next(r for s in build_tables(results).sections for r in s.rows if r.key == "speed/texts_per_s")
+    assert [(lb, c.text, c.best, c.note) for lb, c in row.cells.items()] == [
+        ("clip", "5.00", False, None), ("phi3v", "—", False, None), ("phi3v-lm", "—", False, None)]
 
 
 def test_format_value():
@@ -85,6 +91,11 @@ def test_markdown_tables_and_warning(rendered):
     assert "| probe/top1 (%) ↑ | 80.00 | **84.00** | 82.00 |" in md
     assert "| speed/batch_latency_p50_ms (ms) ↓ | **15.00** | 300.0 | 450.0 |" in md
     assert "n/a [1]" in md and "[1] 'phi3v' embeds images only" in md
+    lines = md.splitlines()
+    assert lines[2].startswith("> **WARNING")  # the first thing after the title
+    facts = next(line for line in lines if line.startswith("**date (UTC)**"))
+    assert "2026-11-28T10:00:00+00:00" in facts and "a" * 12 in facts and "Test CPU" in facts
+    assert "caps 100 images/500 captions" in facts and "labels_train 120 images" in facts
     real = render_run(make_results(synthetic=False), paths["markdown"].parent / "real")
     assert "WARNING" not in real["markdown"].read_text()
 

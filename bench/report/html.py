@@ -7,8 +7,8 @@ from html import escape
 from typing import Any
 
 from bench.report.plots import Plot
-from bench.report.tables import (SYNTHETIC_WARNING, Tables, build_tables, dataset_rows, embedder_rows, protocols,
-                                 run_facts)
+from bench.report.tables import (NOT_MEASURED, SYNTHETIC_WARNING, Tables, build_tables, dataset_rows,
+                                 embedder_rows, headline, protocols, run_facts)
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
@@ -31,10 +31,10 @@ def _table(header: list[str], rows: list[list[str]], left_cols: int = 1, cls: st
         cls_attr = ' class="k"' if i < left_cols else ""
         return f"<{tag}{cls_attr}>{escape(str(v))}</{tag}>"
 
-    head = "".join(td(i, h, "th") for i, h in enumerate(header))
+    head = "<tr>" + "".join(td(i, h, "th") for i, h in enumerate(header)) + "</tr>" if any(header) else ""
     body = "".join("<tr>" + "".join(td(i, v, "td") for i, v in enumerate(r)) + "</tr>" for r in rows)
     table_attr = f' class="{cls}"' if cls else ""
-    return f"<table{table_attr}><tr>{head}</tr>{body}</table>"
+    return f"<table{table_attr}>{head}{body}</table>"
 
 
 def metric_tables_html(tables: Tables) -> str:
@@ -47,10 +47,8 @@ def metric_tables_html(tables: Tables) -> str:
             unit = f" ({escape(row.unit)})" if row.unit else ""
             cells = []
             for label in tables.embedders:
-                c = row.cells.get(label)
-                if c is None:
-                    cells.append("<td></td>")
-                elif c.note is not None:
+                c = row.cells[label]
+                if c.note is not None:
                     cells.append(f'<td class="na" title="{escape(tables.notes[c.note - 1])}">n/a '
                                  f"<sup>[{c.note}]</sup></td>")
                 else:
@@ -74,14 +72,16 @@ def render_html(results: dict[str, Any], plots: list[Plot]) -> str:
     tables = build_tables(results)
     title = f"bench report: {results.get('benchmark', '?')}"
     body = [f"<h1>{escape(title)}</h1>",
-            f'<p class="muted">{escape(str(results.get("run_id", "")))} · {escape(str(results.get("created", "")))}</p>']
+            '<p class="muted">' + " · ".join(f"<b>{escape(k)}</b>: {escape(v)}" for k, v in
+                                             [("run", str(results.get("run_id", "?"))), *headline(results)]) + "</p>"]
     if results.get("synthetic"):
         body.append(f'<div class="warn">WARNING: {escape(SYNTHETIC_WARNING)}</div>')
     if results.get("complete") is False:
         body.append('<div class="warn">This run did not finish: the tables hold the embedders completed so far.</div>')
     body += ["<h2>Summary</h2>",
              '<p class="muted">One row per metric, one column per embedder; the best value of each row is '
-             "highlighted (↑ higher is better, ↓ lower is better).</p>", metric_tables_html(tables)]
+             "highlighted (↑ higher is better, ↓ lower is better; "
+             f"{NOT_MEASURED} not measured; n/a: see the footnotes).</p>", metric_tables_html(tables)]
     if plots:
         body += ["<h2>Plots</h2>", *(_figure(p) for p in plots)]
     body += ["<h2>Run</h2>", _table(["", ""], [[k, v] for k, v in run_facts(results)], 2, "facts"),

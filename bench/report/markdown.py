@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.report.tables import (SYNTHETIC_WARNING, Tables, build_tables, dataset_rows, embedder_rows, protocols,
-                                 run_facts)
+from bench.report.tables import (NOT_MEASURED, SYNTHETIC_WARNING, Tables, build_tables, dataset_rows,
+                                 embedder_rows, headline, protocols, run_facts)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -28,10 +28,8 @@ def metric_tables_md(tables: Tables) -> list[str]:
             unit = f" ({row.unit})" if row.unit else ""
             cells = []
             for label in tables.embedders:
-                c = row.cells.get(label)
-                if c is None:
-                    cells.append("")
-                elif c.note is not None:
+                c = row.cells[label]
+                if c.note is not None:
                     cells.append(f"n/a [{c.note}]")
                 else:
                     cells.append(f"**{c.text}**" if c.best else c.text)
@@ -47,9 +45,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     lines = [f"# bench report: {results.get('benchmark', '?')}", ""]
     if results.get("synthetic"):
         lines += [f"> **WARNING: {SYNTHETIC_WARNING}**", ""]
+    lines += [" · ".join(f"**{k}**: {v}" for k, v in headline(results)), ""]
     if results.get("complete") is False:
         lines += ["> **This run did not finish: the tables hold the embedders completed so far.**", ""]
-    lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better).", ""]
+    lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better; {NOT_MEASURED} not measured).",
+              ""]
     lines += metric_tables_md(tables)
     lines += ["## Run", ""] + _md_table(["", ""], [[k, v] for k, v in run_facts(results)]) + [""]
     lines += ["## Embedders", ""]

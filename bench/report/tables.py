@@ -16,6 +16,7 @@ TASK_TITLES = {"retrieval": "Retrieval", "linear_probe": "Linear probe", "zerosh
 TASK_ORDER = ("retrieval", "linear_probe", "zeroshot", "speed", "load")
 SYNTHETIC_WARNING = ("These weights are random and tiny (generated checkpoints): the numbers below measure the "
                      "harness, not model quality. Do not read them as a comparison of CLIP and Phi-3-vision.")
+NOT_MEASURED = "—"  # no record at all for this embedder (unlike n/a, which has a reason)
 
 
 @dataclass
@@ -105,6 +106,8 @@ def build_tables(results: dict[str, Any]) -> Tables:
             cell.note = notes.index(reason) + 1
         rows[rkey].cells[m["embedder"]] = cell
     for row in rows.values():
+        for label in labels:  # a metric an embedder never recorded (e.g. text speed of an image-only model)
+            row.cells.setdefault(label, Cell(NOT_MEASURED))
         values = [c.value for c in row.cells.values() if c.value is not None]
         if len(values) < 2:
             continue  # nothing to compare against
@@ -114,6 +117,16 @@ def build_tables(results: dict[str, Any]) -> Tables:
     order = {t: i for i, t in enumerate(TASK_ORDER)}
     ordered = sorted(sections.values(), key=lambda s: (order.get(s.task, len(order)), s.dataset))
     return Tables(labels, ordered, notes)
+
+
+def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """The few facts a reader needs first: date, commit, device, dataset sizes."""
+    facts = dict(run_facts(results))
+    sizes = ", ".join(f"{name} {d.get('num_images', '?')} images"
+                      + (f"/{d['num_captions']} captions" if d.get("num_captions") else "")
+                      for name, d in (results.get("datasets") or {}).items())
+    return [("date (UTC)", facts["date (UTC)"]), ("commit", facts["git commit"]), ("device", facts["device"]),
+            ("datasets", sizes or "none")]
 
 
 def run_facts(results: dict[str, Any]) -> list[tuple[str, str]]:
