@@ -188,6 +188,10 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
                             "The numbers measure the harness, not model quality.")
     _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
+    # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).
+    import transformers.models.clip.modeling_clip  # noqa: F401
+    import transformers.models.phi3.modeling_phi3  # noqa: F401
+
     for spec in cfg.embedders:
         label = spec.label
         _log(f"{label}: loading {spec.type} from {spec.model}")

@@ -227,6 +227,17 @@ def main(argv: list[str] | None = None) -> int:
         return out.returncode
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=2))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import report
+
+    scaled = f"{args.layers} of 32 layers run, scaled to 32 ({result['scaling']})"
+    report("phi3v-lm s/image, 32 layers (scaled)", result["image"]["scaled_32_layers_s"], "(info)", True,
+           f"{args.dtype}, num_crops 4, {result['image_tokens']} image tokens; {scaled}")
+    report("phi3v-lm s/caption, 32 layers (scaled)", result["caption"]["scaled_32_layers_s"], "(info)", True,
+           f"batch of {result['captions']} captions, ~{result['caption_prompt_tokens_mean']:.0f} tokens each")
+    report("phi3v-lm peak RSS MiB, 32 layers (scaled)", result["peak_rss_scaled_32_layers_mb"], "(info)", True,
+           f"measured {result['peak_rss_mb']:.0f} MiB with {args.layers} layers; weights "
+           f"{result['weights_mb_run']:.0f} MiB run / {result['weights_mb_full_32_layers']:.0f} MiB full")
     return 0
 
 

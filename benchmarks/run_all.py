@@ -1,4 +1,8 @@
-"""`make perf`: run every benchmark script, then print each figure next to its target."""
+"""`make perf`: run every benchmark script, then print each figure next to its target.
+
+Usage: python benchmarks/run_all.py [SCRIPT...]   e.g. `run_all.py harness cache` runs only those two.
+Figures are ratios measured side by side in one process run; see the README's performance section.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ SCRIPTS = [
 
 
 def main() -> int:
-    only = set(sys.argv[1:])
+    only = {a if a.endswith(".py") else f"bench_{a}.py" for a in sys.argv[1:]}  # e.g. `harness loading`
     RESULTS.unlink(missing_ok=True)
     failed = []
     for script, extra in SCRIPTS:
