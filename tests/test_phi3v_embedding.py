@@ -281,3 +281,24 @@ def test_bf16_module_close_to_float32(batch):
         half = module.to(torch.bfloat16).pool(batch["pixel_values"], batch["image_sizes"], "mean")
     assert half.dtype == torch.bfloat16
     assert F.cosine_similarity(half.float(), ref).min() > 0.99
+
+
+def test_crops_per_call_changes_nothing_but_grouping(batch, monkeypatch):
+    from bench.models.phi3v import image_embedding as ie
+
+    module = _module()
+    calls = []
+    real = module._patch_features
+    monkeypatch.setattr(module, "_patch_features", lambda x: calls.append(len(x)) or real(x))
+    outs = {}
+    for step in (1, 3, 1000):
+        module.crops_per_call = step
+        calls.clear()
+        with torch.no_grad():
+            outs[step] = module(batch["pixel_values"], batch["image_sizes"])
+        real_crops = 5 + 5 + 3  # 2x2, 4x1, 1x2 grids + one global view each
+        assert sum(calls) == real_crops and max(calls) == min(step, real_crops)
+    for step in (1, 3):
+        for a, b in zip(outs[step], outs[1000]):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert ie.crops_per_call_for("cpu") == 2 and ie.crops_per_call_for("cuda:0") == 64

@@ -45,6 +45,9 @@ def _read_json(path: Path) -> dict:
     return data
 
 
+REOPEN_BYTES = 64 << 20
+
+
 class Phi3VCheckpoint:
     """A Phi-3-vision checkpoint folder (or hub id in the local HF cache): configs + lazy tensor access."""
 
@@ -161,7 +164,11 @@ class Phi3VCheckpoint:
             keys = list(keys_or_prefix)
         out: dict[str, Any] = {}
         for shard, names in self._by_shard(keys).items():
-            with self._open(shard) as f:
+            # safetensors maps the shard into memory; the pages read stay in this process's RSS until
+            # the file is closed. Reopening every REOPEN_BYTES keeps that overhead bounded, so peak
+            # memory is about the tensors kept (in `dtype`), not those plus the mapped shard.
+            f, mapped = self._open(shard), 0
+            try:
                 for name in names:
                     try:
                         tensor = f.get_tensor(name)
@@ -169,7 +176,14 @@ class Phi3VCheckpoint:
                         raise ModelError(
                             f"cannot read tensor {name} from {self.folder / shard}: {e}"
                         ) from None
+                    mapped += tensor.numel() * tensor.element_size()
                     out[name] = tensor.to(dtype) if dtype is not None and tensor.dtype != dtype else tensor
+                    del tensor
+                    if mapped >= REOPEN_BYTES:
+                        f.__exit__(None, None, None)
+                        f, mapped = self._open(shard), 0
+            finally:
+                f.__exit__(None, None, None)
         return {k: out[k] for k in keys}
 
 

@@ -105,6 +105,12 @@ def _grids(image_sizes: Any, batch: int) -> list[tuple[int, int]]:
     return out
 
 
+def crops_per_call_for(device: Any) -> int:
+    """Crops per vision-tower call: 2 on the CPU (measured fastest per crop for ViT-L/14-336 on 2 cores:
+    298 ms/crop at 2 vs 360 at 17 and 386 at 34, 3 layers), 64 on an accelerator (memory-bounded)."""
+    return 2 if torch.device(device).type == "cpu" else 64
+
+
 class Phi3VImageEmbedding(nn.Module):
     """CLIP tower (layer `layer_idx` patch features) -> 2x2 merge -> HD layout + separators -> projection."""
 
@@ -160,6 +166,8 @@ class Phi3VImageEmbedding(nn.Module):
         self.hidden_size = int(hidden_size)
         self.num_img_tokens = int(num_img_tokens)
         self.vocab_size = vocab_size
+        # Crops per tower call; None = by device (see `crops_per_call_for`).
+        self.crops_per_call: int | None = None
 
         self.img_processor = _VisionTower(CLIPVisionModel(vision_config))
         dim = 4 * self.image_dim_out
@@ -240,7 +248,19 @@ class Phi3VImageEmbedding(nn.Module):
 
     # ---- the tower ---------------------------------------------------------------------------
     def patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """[N,3,336,336] -> [N,576,C]: hidden_states[layer_idx] without CLS; runs only the layers needed."""
+        """[N,3,336,336] -> [N,576,C]: hidden_states[layer_idx] without CLS; runs only the layers needed.
+
+        The crops go through the tower in groups of `crops_per_call_for(device)`: crops are independent,
+        so grouping changes nothing but speed (on the CPU, per-crop cost grows with the batch as the
+        activations fall out of cache; on a GPU big batches fill the device).
+        """
+        step = self.crops_per_call or crops_per_call_for(self.device)
+        if len(pixel_values) > step:
+            return torch.cat([self._patch_features(pixel_values[i : i + step])
+                              for i in range(0, len(pixel_values), step)])
+        return self._patch_features(pixel_values)
+
+    def _patch_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         vm = self.vision_model
         x = vm.embeddings(pixel_values.to(device=self.device, dtype=self.dtype))
         x = vm.pre_layrnorm(x)
