@@ -8,6 +8,7 @@ operations as the reference, so outputs agree bit for bit in practice.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -116,11 +117,30 @@ def clip_preprocess(image, size: int | tuple[int, int] | None, crop: int | tuple
     arr = np.asarray(image)  # H, W, 3 uint8
     if crop is not None:
         arr = _center_crop(arr, (crop, crop) if isinstance(crop, int) else crop)
+    if arr.dtype == np.uint8 and rescale_factor is not None and mean is not None:
+        # The rescale + normalize chain is elementwise on 256 possible values per channel: compute it
+        # once per value with the very same operations (so bit-identical) and gather, straight to CHW.
+        lut = _value_table(float(rescale_factor), tuple(mean), tuple(std))
+        out = np.empty((3, *arr.shape[:2]), dtype=np.float32)
+        for c in range(3):
+            np.take(lut[c], arr[..., c], out=out[c])
+        return torch.from_numpy(out)
     x = arr.astype(np.float64) * rescale_factor if rescale_factor is not None else arr
     x = np.asarray(x, dtype=np.float32)
     if mean is not None:
         x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+@functools.lru_cache(maxsize=8)
+def _value_table(rescale_factor: float, mean: tuple, std: tuple):
+    """[3, 256] float32: the normalized value of every uint8 value, per channel (same ops as above)."""
+    import numpy as np
+
+    values = np.arange(256, dtype=np.uint8)[:, None].repeat(3, axis=1)
+    x = np.asarray(values.astype(np.float64) * rescale_factor, dtype=np.float32)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return np.ascontiguousarray(x.T)
 
 
 def _center_crop(arr, crop: tuple[int, int]):
