@@ -12,13 +12,24 @@ WORK = Path(os.environ.get("BENCH_PERF_DIR", ROOT / ".cache" / "perf"))
 RESULTS = WORK / "results.jsonl"
 
 
+def verdict(target: str, ok: bool) -> str:
+    """MET / MISSED next to a target; INFO for figures printed for information ("(info)" targets)."""
+    if target.strip().startswith("(info)"):
+        return "INFO"
+    return "MET" if ok else "MISSED"
+
+
 def report(name: str, value: float, target: str, ok: bool, detail: str = "") -> None:
-    """One line per figure, `value` next to its target; also appended to results.jsonl."""
-    mark = "MET " if ok else "MISS"
+    """One line per figure, `value` next to its target and MET/MISSED; also appended to results.jsonl
+    (with the script that wrote it, from run_all's BENCH_PERF_SCRIPT) for run_all's summary table."""
+    mark = verdict(target, ok)
     print(f"[{mark}] {name}: {value:.3f} (target {target}) {detail}".rstrip(), flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
+    row = {"name": name, "value": value, "target": target, "ok": ok, "verdict": mark, "detail": detail,
+           "script": os.environ.get("BENCH_PERF_SCRIPT", Path(sys.argv[0]).name),
+           "quick": os.environ.get("BENCH_PERF_QUICK") == "1"}
     with open(RESULTS, "a") as f:
-        f.write(json.dumps({"name": name, "value": value, "target": target, "ok": ok, "detail": detail}) + "\n")
+        f.write(json.dumps(row) + "\n")
 
 
 def jpeg_folder(n: int, size=(640, 480), seed: int = 0) -> Path:

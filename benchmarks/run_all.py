@@ -1,53 +1,129 @@
-"""`make perf`: run every benchmark script, then print each figure next to its target.
+"""`make perf`: run every benchmark script, each in its own subprocess, then one summary table of every
+figure next to its target (MET / MISSED; INFO for figures given for information).
 
-Usage: python benchmarks/run_all.py [SCRIPT...]   e.g. `run_all.py harness cache` runs only those two.
-Figures are ratios measured side by side in one process run; see the README's performance section.
+Usage: python benchmarks/run_all.py [SCRIPT ...] [--skip SCRIPT ...] [--quick] [--strict] [--markdown FILE]
+  SCRIPT: harness cache metrics phi3v_image loading phi3v_lm (default: all, in that order);
+          `--list` names them with their arguments.
+  --quick: smaller settings per script (fewer images, rounds, crops): minutes instead of about an hour;
+           quick figures are marked "(quick)" and are not the ones the README quotes.
+  --strict: exit 1 when a target is MISSED too (by default only a script that fails makes it exit 1).
+Each script appends its figures to results.jsonl in BENCH_PERF_DIR (default .cache/perf), which this
+script empties first. The machine is shared and noisy: every figure is a ratio measured side by side
+within one script run; see the README's performance section.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import RESULTS  # noqa: E402
+from _common import RESULTS, verdict  # noqa: E402
 
-SCRIPTS = [
-    ("bench_metrics.py", []),
-    ("bench_harness.py", []),
-    ("bench_phi3v_image.py", []),
-    ("bench_loading.py", []),
-    ("bench_cache.py", []),
-    ("bench_phi3v_lm.py", []),
-]
+# name -> (script, full-run arguments, --quick arguments), in run order.
+SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
+    "harness": ("bench_harness.py", [], ["--images", "64", "--rounds", "1"]),
+    "cache": ("bench_cache.py", [], []),
+    "metrics": ("bench_metrics.py", [], ["--quick"]),
+    "phi3v_image": ("bench_phi3v_image.py", [], ["--num-crops", "16", "--images", "2", "--no-isolate-skip"]),
+    "loading": ("bench_loading.py", [], ["--rounds", "1"]),
+    "phi3v_lm": ("bench_phi3v_lm.py", [], ["--repeats", "1", "--captions", "4"]),
+}
 
 
-def main() -> int:
-    only = {a if a.endswith(".py") else f"bench_{a}.py" for a in sys.argv[1:]}  # e.g. `harness loading`
+def _name(arg: str) -> str:
+    """'harness', 'bench_harness', 'bench_harness.py' -> 'harness'."""
+    stem = arg.removesuffix(".py").removeprefix("bench_")
+    if stem not in SCRIPTS:
+        raise SystemExit(f"unknown script {arg!r}: choose from {', '.join(SCRIPTS)}")
+    return stem
+
+
+def _rows() -> list[dict]:
+    if not RESULTS.exists():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
+def summary_table(rows: list[dict], markdown: bool = False) -> str:
+    """The table: script, figure, value, target, verdict (and the figure's detail in Markdown)."""
+    head = ["script", "figure", "value", "target", "verdict"]
+    body = []
+    for r in rows:
+        mark = r.get("verdict") or verdict(str(r["target"]), bool(r["ok"]))
+        name = r["name"] + (" (quick)" if r.get("quick") else "")
+        body.append([str(r.get("script", "")).removesuffix(".py").removeprefix("bench_"), name,
+                     f"{r['value']:.3f}", str(r["target"]), mark, r.get("detail", "")])
+    if markdown:
+        lines = ["| " + " | ".join([*head, "detail"]) + " |", "|" + "---|" * (len(head) + 1)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(row[i]) for row in body)) if body else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:{'>' if i == 2 else '<'}{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+    lines += [fmt.format(*row[:5]) for row in body]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Run the benchmark scripts, print each figure and its target.")
+    ap.add_argument("scripts", nargs="*", help=f"scripts to run (default all): {' '.join(SCRIPTS)}")
+    ap.add_argument("--skip", nargs="+", default=[], metavar="SCRIPT", help="scripts to leave out")
+    ap.add_argument("--quick", action="store_true",
+                    help="smaller settings (a smoke run, not the quoted figures)")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    ap.add_argument("--markdown", type=Path, help="also write the summary table as Markdown to this file")
+    ap.add_argument("--list", action="store_true", help="print the scripts and their arguments, run nothing")
+    args = ap.parse_args(argv)
+
+    chosen = [_name(s) for s in args.scripts] or list(SCRIPTS)
+    skipped = {_name(s) for s in args.skip}
+    chosen = [n for n in SCRIPTS if n in chosen and n not in skipped]
+    if args.list:
+        for n, (script, full, quick) in SCRIPTS.items():
+            print(f"{n:12s} {script:22s} full: {' '.join(full) or '-'}; quick: {' '.join(quick) or '-'}")
+        return 0
+
     RESULTS.unlink(missing_ok=True)
-    failed = []
-    for script, extra in SCRIPTS:
-        if only and script not in only:
-            continue
+    failed: list[str] = []
+    durations: dict[str, float] = {}
+    for n in chosen:
+        script, full, quick = SCRIPTS[n]
+        extra = quick if args.quick else full
+        print(f"\n== {script} {' '.join(extra)}".rstrip(), flush=True)
         if not (HERE / script).exists():
             print(f"== {script}: missing", flush=True)
-            failed.append(script)
+            failed.append(n)
             continue
-        print(f"== {script}", flush=True)
-        r = subprocess.run([sys.executable, str(HERE / script), *extra], cwd=HERE.parent)
-        if r.returncode:
-            failed.append(script)
-    print("\n== summary")
-    if RESULTS.exists():
-        for line in RESULTS.read_text().splitlines():
-            d = json.loads(line)
-            print(f"[{'MET ' if d['ok'] else 'MISS'}] {d['name']}: {d['value']:.3f} (target {d['target']}) {d['detail']}")
+        env = dict(os.environ, BENCH_PERF_SCRIPT=script, BENCH_PERF_QUICK="1" if args.quick else "0",
+                   HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        start = time.perf_counter()
+        rc = subprocess.run([sys.executable, str(HERE / script), *extra], cwd=HERE.parent, env=env).returncode
+        durations[n] = time.perf_counter() - start
+        if rc:
+            print(f"== {script} failed (exit {rc})", flush=True)
+            failed.append(n)
+
+    rows = _rows()
+    print(f"\n== summary ({'quick' if args.quick else 'full'} run; scripts took "
+          + ", ".join(f"{n} {s:.0f} s" for n, s in durations.items()) + ")")
+    print(summary_table(rows) if rows else "(no figures were written)")
+    if args.markdown:
+        args.markdown.write_text(summary_table(rows, markdown=True) + "\n")
+        print(f"Markdown table written to {args.markdown}")
+    marks = [r.get("verdict") or verdict(str(r["target"]), bool(r["ok"])) for r in rows]
+    missed = marks.count("MISSED")
+    if missed:
+        print(f"targets missed: {missed} of {missed + marks.count('MET')}")
     if failed:
         print(f"scripts that failed: {', '.join(failed)}")
-    return 1 if failed else 0
+    return 1 if failed or (args.strict and missed) else 0
 
 
 if __name__ == "__main__":
