@@ -138,6 +138,13 @@ def speed_memory(results: dict[str, Any]) -> list[Plot]:
     ax.set_xlabel("peak GPU memory allocated (MiB)" if gpu else "peak resident memory of the process (MiB)")
     ax.set_ylabel("images/s end to end")
     ax.set_yscale("log")  # tiny and large models differ by orders of magnitude
+    ys = [v["speed/images_per_s"] for v in pts.values() if mem_key in v and v["speed/images_per_s"] > 0]
+    xs = [v[mem_key] for v in pts.values() if mem_key in v]
+    if ys:  # room around the extreme points, so that no point or label sits on the frame
+        ax.set_ylim(min(ys) / 1.6, max(ys) * 1.6)
+    if xs:
+        pad = 0.08 * (max(xs) - min(xs)) or 0.1 * max(abs(max(xs)), 1.0)
+        ax.set_xlim(min(xs) - pad, max(xs) + 2 * pad)
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
