@@ -170,10 +170,10 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     torch.manual_seed(rt.seed)
     np.random.seed(rt.seed)
     device = resolve_device(rt.device)
-    if device == "cpu" and rt.dtype != "float32":
+    if device == "cpu" and rt.dtype == "float16":
         from bench.errors import ConfigError
 
-        raise ConfigError(f"runtime.dtype: '{rt.dtype}' is for CUDA; on the CPU use float32")
+        raise ConfigError("runtime.dtype: 'float16' needs CUDA; on the CPU use float32 or bfloat16")
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"

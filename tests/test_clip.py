@@ -126,9 +126,9 @@ def test_fingerprint_and_describe(emb, tiny_clip_dir):
     assert d["model_dir"] == str(tiny_clip_dir.resolve())
 
 
-def test_half_dtype_on_cpu_is_a_config_error(tiny_clip_dir):
-    with pytest.raises(ConfigError, match="bfloat16.*CUDA"):
-        ClipEmbedder(str(tiny_clip_dir), runtime=RuntimeOptions(dtype="bfloat16"))
+def test_float16_on_cpu_is_a_config_error(tiny_clip_dir):
+    with pytest.raises(ConfigError, match="float16.*CUDA"):
+        ClipEmbedder(str(tiny_clip_dir), runtime=RuntimeOptions(dtype="float16"))
     with pytest.raises(ConfigError, match="float64"):
         ClipEmbedder(str(tiny_clip_dir), runtime=RuntimeOptions(dtype="float64"))
 

@@ -193,3 +193,36 @@ def test_degraded_run_is_caught_as_a_regression(e2e_run, monkeypatch):
     regressed = {(v.embedder, v.key) for v in c.verdicts if v.verdict == "regressed"}
     assert regressed and all(e == "clip" for e, _ in regressed)
     assert {v.verdict for v in c.verdicts if v.embedder != "clip"} == {"missing"}
+
+
+def test_cpu_runs_take_bfloat16_and_refuse_float16(tmp_path, synthetic_dir, tiny_clip_dir):
+    """runtime.dtype on the CPU: bfloat16 runs end to end (half the weights' memory), float16 is one
+    ConfigError before any work or output."""
+    import json
+
+    from bench.config import load_config
+    from bench.errors import ConfigError
+    from bench.runner import run_benchmark
+
+    d = synthetic_dir
+    cfg = {"name": "bf16", "synthetic": True, "output_dir": str(tmp_path / "runs"),
+           "cache_dir": str(tmp_path / "cache"),
+           "runtime": {"device": "cpu", "dtype": "bfloat16", "batch_size": 8, "num_workers": 0},
+           "datasets": {"tr": {"type": "imagefolder", "root": str(d / "imagefolder/train")},
+                        "te": {"type": "imagefolder", "root": str(d / "imagefolder/test")}},
+           "embedders": [{"type": "clip", "model": str(tiny_clip_dir)}],
+           "tasks": [{"type": "linear_probe", "train": "tr", "test": "te"},
+                     {"type": "zeroshot", "dataset": "te", "templates": ["a {c}."]}]}
+    p = tmp_path / "bf16.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = run_benchmark(load_config(p), p, progress=False, render=False, out_dir=tmp_path / "run")
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["runtime"]["dtype"] == "bfloat16"
+    values = {m["key"]: m["value"] for m in results["metrics"]}
+    assert 0 <= values["probe/top1"] <= 100 and 0 <= values["zeroshot/top1"] <= 100
+
+    cfg["runtime"]["dtype"] = "float16"
+    p.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match="float16.*CUDA.*float32 or bfloat16"):
+        run_benchmark(load_config(p), p, progress=False, out_dir=tmp_path / "run16")
+    assert not (tmp_path / "run16").exists()

@@ -269,7 +269,7 @@ def test_embedder_tokens_settings_and_errors(tiny_phi3v_dir, images):
     with pytest.raises(ConfigError, match="pooling 'maen'.*did you mean 'mean'"):
         Phi3VImageEmbedder(str(tiny_phi3v_dir), pooling="maen")
     with pytest.raises(ConfigError, match="needs a CUDA device"):
-        Phi3VImageEmbedder(str(tiny_phi3v_dir), runtime=RuntimeOptions(dtype="bfloat16"))
+        Phi3VImageEmbedder(str(tiny_phi3v_dir), runtime=RuntimeOptions(dtype="float16"))
     with pytest.raises(ConfigError, match="num_crops"):
         Phi3VImageEmbedder(str(tiny_phi3v_dir), num_crops=0)
 

@@ -31,6 +31,33 @@ class RuntimeOptions:
     compile: bool = False
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def resolve_torch_dtype(kind: str, runtime: RuntimeOptions):
+    """The torch dtype an embedder loads its weights in, from `runtime.dtype` and `runtime.device`.
+
+    float32 runs everywhere; bfloat16 on CUDA and on the CPU (torch has CPU bf16 kernels: half the
+    weights' memory, speed depends on the processor); float16 only on CUDA (CPU float16 kernels are
+    missing or very slow). A CUDA device without CUDA is refused here too, before any weights load.
+    """
+    import torch
+
+    from bench.errors import ConfigError
+
+    dtype, device = runtime.dtype, runtime.device
+    if dtype not in DTYPES:
+        raise ConfigError(f"runtime.dtype '{dtype}' is not supported by the {kind} embedder; "
+                          f"use one of {', '.join(DTYPES)}")
+    cuda = device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device '{device}' but CUDA is not available; use device cpu")
+    if dtype == "float16" and not cuda:
+        raise ConfigError(f"runtime.dtype float16 needs a CUDA device (device is '{device}'); "
+                          f"on the CPU use float32 or bfloat16")
+    return getattr(torch, dtype)
+
+
 class Embedder(ABC):
     """Base class. Subclasses set `kind` (registry name) and `modalities`."""
 

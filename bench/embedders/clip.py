@@ -12,14 +12,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from bench.embedders.base import Embedder, RuntimeOptions
+from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
 from bench.errors import ConfigError, ModelError
 from bench.models.hub import hash_model_files, resolve_model_dir
 from bench.models.preprocess import load_clip_preprocess
 
 log = logging.getLogger(__name__)
 
-_DTYPES = ("float32", "bfloat16", "float16")
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                  "pytorch_model.bin.index.json")
 
@@ -63,18 +62,7 @@ class ClipEmbedder(Embedder):
                              f"(an interrupted download?)")
 
     def _resolve_dtype(self):
-        import torch
-
-        dtype, device = self.runtime.dtype, self.runtime.device
-        if dtype not in _DTYPES:
-            raise ConfigError(f"runtime.dtype '{dtype}' is not supported by the clip embedder; "
-                              f"use one of {', '.join(_DTYPES)}")
-        if dtype != "float32" and not device.startswith("cuda"):
-            raise ConfigError(f"runtime.dtype '{dtype}' needs a CUDA device (device is '{device}'); "
-                              f"use dtype float32 on CPU")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"runtime.device '{device}' but CUDA is not available; use device cpu")
-        return getattr(torch, dtype)
+        return resolve_torch_dtype(self.kind, self.runtime)
 
     def _load_model(self):
         from transformers import CLIPModel

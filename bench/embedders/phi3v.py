@@ -16,12 +16,11 @@ import logging
 import time
 from typing import Any
 
-from bench.embedders.base import Embedder, RuntimeOptions
+from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
 from bench.errors import ConfigError, ModelError, unknown_name
 
 log = logging.getLogger(__name__)
 
-_DTYPES = ("float32", "bfloat16", "float16")
 POOLINGS = ("mean", "global", "clip", "tokens")
 
 
@@ -77,22 +76,7 @@ class Phi3VImageEmbedder(Embedder):
             log.info("phi3v: runtime.compile is ignored (the number of crops varies per batch)")
 
     def _resolve_dtype(self):
-        import torch
-
-        dtype, device = self.runtime.dtype, self.runtime.device
-        if dtype not in _DTYPES:
-            raise ConfigError(
-                f"runtime.dtype '{dtype}' is not supported by the phi3v embedder; "
-                f"use one of {', '.join(_DTYPES)}"
-            )
-        if dtype != "float32" and not device.startswith("cuda"):
-            raise ConfigError(
-                f"runtime.dtype '{dtype}' needs a CUDA device (device is '{device}'); "
-                f"use dtype float32 on CPU"
-            )
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"runtime.device '{device}' but CUDA is not available; use device cpu")
-        return getattr(torch, dtype)
+        return resolve_torch_dtype(self.kind, self.runtime)
 
     # ---- identity -----------------------------------------------------------------------
     @property

@@ -25,7 +25,7 @@ import logging
 import time
 from typing import Any
 
-from bench.embedders.base import Embedder, RuntimeOptions
+from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
 from bench.errors import ConfigError, ModelError, unknown_name
 from bench.models.hub import hash_model_files, resolve_model_dir
 
@@ -37,7 +37,6 @@ TEMPLATES: dict[str, dict[str, str]] = {
     "e5v": {"image": "<|image_1|>\nSummary above image in one word:",
             "text": "{text}\nSummary above sentence in one word:"},
 }
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _check_prompts(image_prompt: str, text_prompt: str) -> None:
@@ -114,18 +113,7 @@ class Phi3VLMEmbedder(Embedder):
             log.info("phi3v-lm: runtime.compile is ignored (variable-length prompts would recompile)")
 
     def _resolve_dtype(self):
-        import torch
-
-        dtype, device = self.runtime.dtype, self.runtime.device
-        if dtype not in _DTYPES:
-            raise ConfigError(f"runtime.dtype '{dtype}' is not supported by the phi3v-lm embedder; "
-                              f"use one of {', '.join(_DTYPES)}")
-        if dtype == "float16" and not device.startswith("cuda"):
-            raise ConfigError(f"runtime.dtype float16 needs a CUDA device (device is '{device}'); "
-                              f"use float32 or bfloat16 on CPU")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"runtime.device '{device}' but CUDA is not available; use device cpu")
-        return getattr(torch, dtype)
+        return resolve_torch_dtype(self.kind, self.runtime)
 
     # ---- identity -----------------------------------------------------------------------
     @property
