@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from bench.errors import ConfigError, did_you_mean
 
@@ -186,6 +186,10 @@ class Config(_Model):
     tasks: Annotated[list[TaskSpec], Field(min_length=1)]
     regression: Regression = Regression()
     synthetic: bool = False  # the demo says its weights are random and tiny
+    # Set by load_config: the file it came from, and for each key path the ${VAR} variables in it,
+    # each with whether it was set (error messages then name the variable to set).
+    _source: str = PrivateAttr(default="")
+    _env_vars: dict[str, list[tuple[str, bool]]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross_refs(self):
@@ -221,21 +225,27 @@ class _RefError(ValueError):
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand(obj: Any, where: str) -> Any:
+def _expand(obj: Any, where: str, used: dict[str, list[tuple[str, bool]]] | None = None) -> Any:
+    """${VAR} and ${VAR:-default} in every string; `used` collects, per key path, each variable
+    and whether it was set (False: its default was taken)."""
     if isinstance(obj, str):
         def sub(m: re.Match) -> str:
             var, default = m.group(1), m.group(2)
             if var in os.environ:
+                if used is not None:
+                    used.setdefault(where, []).append((var, True))
                 return os.environ[var]
             if default is not None:
+                if used is not None:
+                    used.setdefault(where, []).append((var, False))
                 return default
             raise ConfigError(f"{where}: environment variable ${{{var}}} is not set "
                               f"(set it, or write ${{{var}:-default}})")
         return _ENV.sub(sub, obj)
     if isinstance(obj, dict):
-        return {k: _expand(v, f"{where}.{k}" if where else str(k)) for k, v in obj.items()}
+        return {k: _expand(v, f"{where}.{k}" if where else str(k), used) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_expand(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [_expand(v, f"{where}[{i}]", used) for i, v in enumerate(obj)]
     return obj
 
 
@@ -270,8 +280,12 @@ def load_config(path: str | Path) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the top level must be a mapping with keys "
                           f"{', '.join(Config.model_fields)}")
-    raw = _expand(raw, "")
-    return parse_config(raw, source=str(path))
+    used: dict[str, list[tuple[str, bool]]] = {}
+    raw = _expand(raw, "", used)
+    cfg = parse_config(raw, source=str(path))
+    cfg._source = str(path)
+    cfg._env_vars = used
+    return cfg
 
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
@@ -424,8 +438,21 @@ def check_paths(cfg: Config) -> None:
             ok = p.is_dir() if want_dir else p.is_file()
             if not ok:
                 what = "folder" if want_dir else "file"
-                fix = " (run `make data` to generate the demo data)" if "demo" in str(p) else ""
-                raise ConfigError(f"datasets.{name}.{key}: {what} not found: {p}{fix}")
+                where = f"datasets.{name}.{key}"
+                env = dict(cfg._env_vars.get(where, []))  # variable -> was it set
+                src = f" in {cfg._source}" if cfg._source else ""
+                if "demo" in str(p):
+                    fix = " (run `make data` to generate the demo data)"
+                elif env and not all(env.values()):
+                    unset = " and ".join(v for v, was_set in env.items() if not was_set)
+                    fix = (f" ({unset} not set, so its default was used: set {unset} to the folder that "
+                           f"holds the data, or change the path{src})")
+                elif env:
+                    names = " and ".join(f"{v}={os.environ.get(v, '')}" for v in env)
+                    fix = f" (from {names}: put the {what} there, or point the variable at the right folder)"
+                else:
+                    fix = f" (put the {what} there, or change the path{src})"
+                raise ConfigError(f"{where}: {what} not found: {p}{fix}")
 
 
 def resolved_dict(cfg: Config) -> dict[str, Any]:

@@ -170,3 +170,34 @@ def test_validate_does_not_import_torch():
             "print('torch' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert r.stdout.strip().endswith("False"), r.stdout + r.stderr
+
+
+def test_missing_data_path_names_the_variable_to_set(tmp_path, monkeypatch):
+    """A path built from ${VAR:-default} that does not exist says whether VAR was set and what to do."""
+    from bench.config import check_paths
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "a.json").write_text("{}")
+    raw = copy.deepcopy(BASE)
+    raw["datasets"] = {"caps": {"type": "coco_karpathy", "annotations": "${DATA_ROOT_T:-nowhere}/a.json",
+                                "images": str(tmp_path / "img")}}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+
+    monkeypatch.delenv("DATA_ROOT_T", raising=False)
+    with pytest.raises(ConfigError) as e:
+        check_paths(load_config(p))
+    assert str(e.value).startswith("datasets.caps.annotations: file not found: nowhere/a.json (DATA_ROOT_T not set")
+    assert f"or change the path in {p}" in str(e.value)
+
+    monkeypatch.setenv("DATA_ROOT_T", str(tmp_path / "elsewhere"))
+    with pytest.raises(ConfigError, match=r"from DATA_ROOT_T=.*elsewhere: put the file there"):
+        check_paths(load_config(p))
+
+    monkeypatch.setenv("DATA_ROOT_T", str(tmp_path))
+    check_paths(load_config(p))  # found: no error
+
+    raw["datasets"]["caps"]["annotations"] = str(tmp_path / "gone.json")
+    p.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=rf"file not found: .*gone.json \(put the file there, or change the path in "):
+        check_paths(load_config(p))
