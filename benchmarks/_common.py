@@ -11,6 +11,30 @@ ROOT = Path(__file__).resolve().parents[1]
 WORK = Path(os.environ.get("BENCH_PERF_DIR", ROOT / ".cache" / "perf"))
 RESULTS = WORK / "results.jsonl"
 
+# Phi-3-vision-128k-instruct at full size: language-model width, heads and vocabulary.
+PHI3_HIDDEN, PHI3_INTERMEDIATE, PHI3_HEADS, PHI3_VOCAB = 3072, 8192, 32, 32064
+
+
+def phi3v_config(layers: int, **img_processor: object) -> dict:
+    """config.json of Phi-3-vision-128k-instruct as released, with `layers` decoder layers (32 in the
+    real model); `img_processor` adds fields to its img_processor block (e.g. a vision_config)."""
+    half = PHI3_HIDDEN // PHI3_HEADS // 2
+    return {
+        "model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"], "torch_dtype": "bfloat16",
+        "hidden_size": PHI3_HIDDEN, "intermediate_size": PHI3_INTERMEDIATE, "num_hidden_layers": layers,
+        "num_attention_heads": PHI3_HEADS, "num_key_value_heads": PHI3_HEADS, "vocab_size": PHI3_VOCAB,
+        "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+        "rope_scaling": {"type": "su", "short_factor": [1.0 + 0.01 * i for i in range(half)],
+                         "long_factor": [1.0 + 0.5 * i for i in range(half)]},
+        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32000, "sliding_window": 131072,
+        "tie_word_embeddings": False, "use_cache": True,
+        "img_processor": {"name": "clip_vision_model", "model_name": "openai/clip-vit-large-patch14-336",
+                          "image_dim_out": 1024, "num_img_tokens": 144, **img_processor},
+        "embd_layer": {"embedding_cls": "image", "use_hd_transform": True, "with_learnable_separator": True,
+                       "hd_transform_order": "sub_glb", "projection_cls": "mlp"},
+    }
+
 
 def verdict(target: str, ok: bool) -> str:
     """MET / MISSED next to a target; INFO for figures printed for information ("(info)" targets)."""

@@ -43,7 +43,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, median, report  # noqa: E402
+from _common import PHI3_HIDDEN, PHI3_INTERMEDIATE, PHI3_VOCAB, ROOT, median, phi3v_config, report  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench_loading"
 # Where an earlier version of this script wrote the same checkpoint (same names, values and shards):
@@ -51,28 +51,13 @@ CACHE = ROOT / ".cache" / "bench_loading"
 LEGACY = ROOT / ".cache" / "perf"
 SHARD_BYTES = 1 << 30
 VISION_PREFIX = "model.vision_embed_tokens."
-HIDDEN, INTERMEDIATE, HEADS, VOCAB = 3072, 8192, 32, 32064
+HIDDEN, INTERMEDIATE, VOCAB = PHI3_HIDDEN, PHI3_INTERMEDIATE, PHI3_VOCAB
 MODES = ("image", "whole", "image-bf16", "whole-bf16")
 
 
 def checkpoint_config(layers: int) -> dict:
-    """Phi-3-vision-128k-instruct's config.json with `layers` decoder layers (32 in the real model)."""
-    half = HIDDEN // HEADS // 2
-    return {
-        "model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"], "torch_dtype": "bfloat16",
-        "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers,
-        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "vocab_size": VOCAB,
-        "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
-        "rope_scaling": {"type": "su", "short_factor": [1.0 + 0.01 * i for i in range(half)],
-                         "long_factor": [1.0 + 0.5 * i for i in range(half)]},
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32000, "sliding_window": 131072,
-        "tie_word_embeddings": False,
-        "img_processor": {"name": "clip_vision_model", "model_name": "openai/clip-vit-large-patch14-336",
-                          "image_dim_out": 1024, "num_img_tokens": 144},
-        "embd_layer": {"embedding_cls": "image", "use_hd_transform": True, "with_learnable_separator": True,
-                       "hd_transform_order": "sub_glb", "projection_cls": "mlp"},
-    }
+    """Phi-3-vision-128k-instruct's config.json with `layers` decoder layers (built-in ViT-L/14-336 tower)."""
+    return phi3v_config(layers)
 
 
 def layers_for(lm_gb: float) -> int:

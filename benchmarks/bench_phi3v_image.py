@@ -36,9 +36,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report  # noqa: E402
+from _common import phi3v_config, report  # noqa: E402
 
-HIDDEN = 3072
 # (width, height): landscape 4:3, portrait 3:4, wide 3:1, square: different crop grids, with and
 # without zero-padding crops.
 SIZES = [(640, 480), (480, 640), (1200, 400), (640, 640)]
@@ -46,25 +45,8 @@ TARGET = 1.25
 
 
 def full_config() -> dict:
-    """The image part of Phi-3-vision-128k-instruct's config.json (built-in ViT-L/14-336 tower)."""
-    return {
-        "model_type": "phi3_v",
-        "hidden_size": HIDDEN,
-        "vocab_size": 32064,
-        "img_processor": {
-            "name": "clip_vision_model",
-            "model_name": "openai/clip-vit-large-patch14-336",
-            "image_dim_out": 1024,
-            "num_img_tokens": 144,
-        },
-        "embd_layer": {
-            "embedding_cls": "image",
-            "use_hd_transform": True,
-            "with_learnable_separator": True,
-            "hd_transform_order": "sub_glb",
-            "projection_cls": "mlp",
-        },
-    }
+    """Phi-3-vision-128k-instruct's config.json (built-in ViT-L/14-336 tower); only its image part is built."""
+    return phi3v_config(32)
 
 
 def make_images(n: int, sizes: list[tuple[int, int]] = SIZES) -> list:

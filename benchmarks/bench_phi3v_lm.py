@@ -26,31 +26,18 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import PHI3_HIDDEN, PHI3_VOCAB, phi3v_config, report  # noqa: E402
+
 FULL_LAYERS = 32
-HIDDEN, INTERMEDIATE, HEADS, VOCAB = 3072, 8192, 32, 32064
+HIDDEN, VOCAB = PHI3_HIDDEN, PHI3_VOCAB
 VISION = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
               image_size=336, patch_size=14, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 
 
 def full_config(layers: int) -> dict:
-    """config.json of Phi-3-vision-128k-instruct with `layers` decoder layers."""
-    half = HIDDEN // HEADS // 2
-    return {
-        "model_type": "phi3_v", "architectures": ["Phi3VForCausalLM"], "torch_dtype": "bfloat16",
-        "hidden_size": HIDDEN, "intermediate_size": INTERMEDIATE, "num_hidden_layers": layers,
-        "num_attention_heads": HEADS, "num_key_value_heads": HEADS, "vocab_size": VOCAB,
-        "hidden_act": "silu", "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
-        "max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
-        "rope_scaling": {"type": "su", "short_factor": [1.0 + 0.01 * i for i in range(half)],
-                         "long_factor": [1.0 + 0.5 * i for i in range(half)]},
-        "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 32000, "sliding_window": 131072,
-        "tie_word_embeddings": False, "use_cache": True,
-        "img_processor": {"name": "clip_vision_model", "model_name": "openai/clip-vit-large-patch14-336",
-                          "image_dim_out": 1024, "num_img_tokens": 144, "layer_idx": -2,
-                          "type_feature": "patch", "vision_config": VISION},
-        "embd_layer": {"embedding_cls": "image", "use_hd_transform": True, "with_learnable_separator": True,
-                       "hd_transform_order": "sub_glb", "projection_cls": "mlp"},
-    }
+    """config.json of Phi-3-vision-128k-instruct with `layers` decoder layers, its tower spelled out."""
+    return phi3v_config(layers, layer_idx=-2, type_feature="patch", vision_config=VISION)
 
 
 def _shapes(config: dict) -> dict[str, tuple[int, ...]]:
@@ -227,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
         return out.returncode
     result = json.loads(out.stdout.strip().splitlines()[-1])
     print(json.dumps(result, indent=2))
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import report
-
     scaled = f"{args.layers} of 32 layers run, scaled to 32 ({result['scaling']})"
     report("phi3v-lm s/image, 32 layers (scaled)", result["image"]["scaled_32_layers_s"], "(info)", True,
            f"{args.dtype}, num_crops 4, {result['image_tokens']} image tokens; {scaled}")
