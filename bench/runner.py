@@ -20,7 +20,7 @@ from typing import Any
 from bench import registry
 from bench.cache import EmbeddingCache, cache_key
 from bench.config import Config, check_paths, resolved_dict
-from bench.embedders.base import Embedder, RuntimeOptions
+from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
 from bench.results import Metric, RunResult, write_json_atomic
 
 
@@ -170,10 +170,8 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     torch.manual_seed(rt.seed)
     np.random.seed(rt.seed)
     device = resolve_device(rt.device)
-    if device == "cpu" and rt.dtype == "float16":
-        from bench.errors import ConfigError
-
-        raise ConfigError("runtime.dtype: 'float16' needs CUDA; on the CPU use float32 or bfloat16")
+    # The embedders' dtype rule, checked once before any output or loading.
+    resolve_torch_dtype("", RuntimeOptions(device=device, dtype=rt.dtype))
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"

@@ -35,7 +35,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def resolve_torch_dtype(kind: str, runtime: RuntimeOptions):
-    """The torch dtype an embedder loads its weights in, from `runtime.dtype` and `runtime.device`.
+    """The torch dtype an embedder loads its weights in, from `runtime.dtype` and `runtime.device`
+    (`kind` names the embedder in the message; the runner passes "" to check before any work).
 
     float32 runs everywhere; bfloat16 on CUDA and on the CPU (torch has CPU bf16 kernels: half the
     weights' memory, speed depends on the processor); float16 only on CUDA (CPU float16 kernels are
@@ -47,8 +48,8 @@ def resolve_torch_dtype(kind: str, runtime: RuntimeOptions):
 
     dtype, device = runtime.dtype, runtime.device
     if dtype not in DTYPES:
-        raise ConfigError(f"runtime.dtype '{dtype}' is not supported by the {kind} embedder; "
-                          f"use one of {', '.join(DTYPES)}")
+        by = f" by the {kind} embedder" if kind else ""
+        raise ConfigError(f"runtime.dtype '{dtype}' is not supported{by}; use one of {', '.join(DTYPES)}")
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         raise ConfigError(f"runtime.device '{device}' but CUDA is not available; use device cpu")
