@@ -107,7 +107,8 @@ def test_flipped_tensor_bytes_are_recomputed_not_served(tmp_path, caplog):
         raw[i] ^= 0x5A
     shard.write_bytes(bytes(raw))
     damaged = load_file(shard)["embeddings"]  # the header still parses: only the values changed
-    assert damaged.shape == (4, 4) and torch.isfinite(damaged).all() and not torch.equal(damaged, expected[4:8])
+    assert damaged.shape == (4, 4) and torch.isfinite(damaged).all()
+    assert not torch.equal(damaged, expected[4:8])
 
     out, status = cache.get_or_compute("k", 10, compute, shard_size=4)
     assert calls == [(4, 8)] and status == "partial"
@@ -163,7 +164,7 @@ def test_truncated_shard_is_recomputed(tmp_path, caplog):
 
 
 def test_shard_without_checksum_is_a_miss(tmp_path, caplog):
-    """Rule for entries written before checksums: no checksum, no trust; recomputed (and rewritten with one)."""
+    """Rule for entries written before checksums: no checksum, no trust; recomputed, rewritten with one."""
     from safetensors.torch import save_file
 
     cache, compute, calls, expected = _cache_with_entry(tmp_path)
@@ -207,8 +208,8 @@ def test_non_finite_output_is_not_stored(tmp_path):
     assert not list((tmp_path / "k").glob("shard_*"))
 
 
-def test_corrupted_cache_after_a_run_gives_the_clean_scores(tmp_path, synthetic_dir, tiny_clip_dir, monkeypatch,
-                                                            caplog):
+def test_corrupted_cache_after_a_run_gives_the_clean_scores(tmp_path, synthetic_dir, tiny_clip_dir,
+                                                            monkeypatch, caplog):
     """End to end: image rows of a cached shard permuted in place (header intact, values finite). An
     unverified read changes the retrieval scores; the real read recomputes and gives the clean run's."""
     import json
@@ -233,7 +234,8 @@ def test_corrupted_cache_after_a_run_gives_the_clean_scores(tmp_path, synthetic_
     def run(name):
         out = run_benchmark(load_config(p), p, progress=False, render=False, out_dir=tmp_path / name)
         data = json.loads((out / "results.json").read_text())
-        return {m["key"]: m["value"] for m in data["metrics"] if m["kind"] == "quality"}, data["cache"]["clip"]
+        scores = {m["key"]: m["value"] for m in data["metrics"] if m["kind"] == "quality"}
+        return scores, data["cache"]["clip"]
 
     clean, status = run("clean")
     assert status == {"images/caps": "miss", "texts/caps": "miss"}

@@ -13,7 +13,8 @@ import yaml
 
 def _config(tmp: Path, synthetic_dir: Path, clip_dir: Path, embedders=("clip",)) -> Path:
     d = synthetic_dir
-    cfg = {"name": "folders", "synthetic": True, "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache"),
+    cfg = {"name": "folders", "synthetic": True, "output_dir": str(tmp / "runs"),
+           "cache_dir": str(tmp / "cache"),
            "runtime": {"device": "cpu", "batch_size": 8, "num_workers": 0},
            "datasets": {"caps": {"type": "coco_karpathy", "annotations": str(d / "dataset_coco.json"),
                                  "images": str(d / "images"), "split": "test"}},
