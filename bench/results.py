@@ -27,7 +27,9 @@ results.json (schema_version 1):
   "details": {label: {"<task>/<dataset>": {...}}},   # arrays for plots: per-class accuracy, curves
   "timings": {label: {"<what>": seconds}},            # wall time of each step (embedding, probe, ...)
   "cache": {label: {dataset: "hit"|"miss"}},
-  "notes": ["..."]
+  "notes": ["..."],
+  "complete": true,                         # false: the run stopped; the tables hold the finished embedders
+  "error": "DataError: ..."                 # only when complete is false because the run failed: one line
 }
 """
 

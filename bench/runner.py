@@ -161,7 +161,7 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     import numpy as np
     import torch
 
-    from bench.environment import capture, resolve_device
+    from bench.environment import resolve_device
 
     check_paths(cfg)
     rt = cfg.runtime
@@ -175,8 +175,59 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"
-    out_dir = Path(out_dir) if out_dir else cfg.output_dir / run_id
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if out_dir:  # the user's own folder (--out): may exist already, e.g. a rerun into it
+        out_dir, made = Path(out_dir), not Path(out_dir).exists()
+        out_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        run_id, out_dir = allocate_run_dir(cfg.output_dir, run_id)
+        made = True
+    state = {"finished": 0, "complete": False}  # embedders whose results.json is written; the whole run
+    try:
+        return _run(cfg, config_path, use_cache, progress, render, device, now, run_id, out_dir, state)
+    except BaseException as e:
+        if not state["complete"]:  # a failure while rendering leaves complete results as they are
+            _record_failure(out_dir, made, state["finished"], e)
+        raise
+
+
+def allocate_run_dir(output_dir: Path, base: str) -> tuple[str, Path]:
+    """Create <output_dir>/<base> exclusively, or <base>-2, -3, ... when taken (two runs of one
+    config in the same second); return (run id, folder). Exclusive mkdir: never shared by two runs."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        run_id = base if n == 1 else f"{base}-{n}"
+        try:
+            (output_dir / run_id).mkdir()
+            return run_id, output_dir / run_id
+        except FileExistsError:
+            n += 1
+
+
+def _record_failure(out_dir: Path, made: bool, finished: int, exc: BaseException) -> None:
+    """A run that failed before any embedder finished leaves no folder behind (when it made it and it
+    is empty); one that failed later keeps results.json of the finished embedders, complete: false, and
+    the error in one line for `bench report` and `bench compare`."""
+    if not finished:
+        if made:
+            with contextlib.suppress(OSError):  # not empty (someone else's files): leave it
+                out_dir.rmdir()
+        return
+    lines = str(exc).strip().splitlines()
+    error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    path = out_dir / "results.json"
+    with contextlib.suppress(OSError, ValueError):  # the failure may be the disk itself: the last write stays
+        write_json_atomic(path, {**json.loads(path.read_text()), "complete": False, "error": error[:500]})
+    _log(f"run failed after {finished} embedder(s) finished; their results are kept in {path} "
+         "(complete: false)")
+
+
+def _run(cfg: Config, config_path: str | Path, use_cache: bool, progress: bool, render: bool, device: str,
+         now: datetime, run_id: str, out_dir: Path, state: dict[str, Any]) -> Path:
+    from bench.environment import capture
+
+    rt = cfg.runtime
     ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress)
     result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
                        config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
@@ -215,10 +266,12 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
         result.cache[label] = erun.cache_status
         result.datasets = ctx.dataset_summary()
         write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": False})
+        state["finished"] += 1
         del embedder, erun
         gc.collect()
     result.timings["_total_s"] = round(time.perf_counter() - t_run, 3)
     write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": True})
+    state["complete"] = True
     if render:
         from bench.report import render_run
 

@@ -77,7 +77,9 @@ def render_html(results: dict[str, Any], plots: list[Plot]) -> str:
     if results.get("synthetic"):
         body.append(f'<div class="warn">WARNING: {escape(SYNTHETIC_WARNING)}</div>')
     if results.get("complete") is False:
-        body.append('<div class="warn">This run did not finish: the tables hold the embedders completed so far.</div>')
+        error = f" Error: {escape(str(results['error']))}" if results.get("error") else ""
+        body.append('<div class="warn">This run did not finish: the tables hold the embedders completed '
+                    f'so far.{error}</div>')
     body += ["<h2>Summary</h2>",
              '<p class="muted">One row per metric, one column per embedder; the best value of each row is '
              "highlighted (↑ higher is better, ↓ lower is better; "

@@ -47,7 +47,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines += [f"> **WARNING: {SYNTHETIC_WARNING}**", ""]
     lines += [" · ".join(f"**{k}**: {v}" for k, v in headline(results)), ""]
     if results.get("complete") is False:
-        lines += ["> **This run did not finish: the tables hold the embedders completed so far.**", ""]
+        lines += ["> **This run did not finish: the tables hold the embedders completed so far.**"
+                  + (f" Error: {results['error']}" if results.get("error") else ""), ""]
     lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better; {NOT_MEASURED} not measured).",
               ""]
     lines += metric_tables_md(tables)
