@@ -38,8 +38,9 @@ def check_tasks_against_data(ctx: RunContext) -> None:
             n = len(ctx.dataset(task.dataset))
             too_big = [k for k in task.ks if k >= n]
             if too_big:
-                raise ConfigError(f"tasks[{i}].ks: k={too_big[0]} is not below the {n} images of dataset "
-                                  f"'{task.dataset}', so recall@{too_big[0]} would be 100% whatever the model; "
+                k = too_big[0]
+                raise ConfigError(f"tasks[{i}].ks: k={k} is not below the {n} images of dataset "
+                                  f"'{task.dataset}', so recall@{k} would be 100% whatever the model; "
                                   f"use ks below {n}")
 
 

@@ -61,7 +61,8 @@ def twin_datasets(tmp_path_factory, synthetic_dir):
 
     # COCO instances (multi-label probe target): an empty file in A; B's file lists the other images.
     inst = json.loads((src / "annotations" / "instances_test.json").read_text())
-    order = sorted(im["id"] for im in inst["images"] if any(a["image_id"] == im["id"] for a in inst["annotations"]))
+    annotated = {a["image_id"] for a in inst["annotations"]}
+    order = sorted(im["id"] for im in inst["images"] if im["id"] in annotated)
     gone_id = order[len(order) // 2]
     gone = next(im for im in inst["images"] if im["id"] == gone_id)
     (out["A"] / "inst_images" / gone["file_name"]).write_bytes(b"")
@@ -83,8 +84,8 @@ def _config(tmp: Path, root: Path, clip: Path, skip: bool) -> Path:
     cfg = {"name": f"skip-{root.name}", "output_dir": str(tmp / "runs"), "cache_dir": str(root / "cache"),
            "runtime": {"device": "cpu", "num_workers": 0, "batch_size": 5},
            "datasets": {
-               "caps": {"type": "coco_karpathy", "annotations": str(root / "kar.json"), "images": str(root / "images"),
-                        **extra},
+               "caps": {"type": "coco_karpathy", "annotations": str(root / "kar.json"),
+                        "images": str(root / "images"), **extra},
                "obj_train": {"type": "coco_instances", "annotations": str(tmp / "inst_train.json"),
                              "images": str(root / "images" / "train")},
                "obj": {"type": "coco_instances", "annotations": str(root / "inst.json"),
@@ -135,11 +136,12 @@ def test_skip_and_repeats_are_counted_in_results_and_report(twin_runs):
     assert a["datasets"]["obj"]["skipped_images"] == 1 and a["datasets"]["fold"]["skipped_images"] == 1
     assert "skipped_captions" not in a["datasets"]["fold"]
     notes = a["notes"]
-    assert any(n.startswith("dataset 'caps': skipped 1 unreadable image and "
-                            f"{facts['victim_captions']} captions (on_bad_image: skip)") for n in notes), notes
+    skipped = f"skipped 1 unreadable image and {facts['victim_captions']} captions (on_bad_image: skip)"
+    assert any(n.startswith(f"dataset 'caps': {skipped}") for n in notes), notes
     assert any("dataset 'caps':" in n and "more than once" in n and "dropped 1 repeat with 1 caption" in n
                for n in notes), notes
-    assert any(n.startswith("dataset 'fold': skipped 1 unreadable image and its labels") for n in notes), notes
+    assert any(n.startswith("dataset 'fold': skipped 1 unreadable image and its labels") for n in notes), \
+        notes
     report = (out / "report.md").read_text()
     assert "skipped 1 unreadable image" in report and "more than once" in report
     _, b = results["B"]
@@ -210,8 +212,8 @@ def test_drop_unreadable_error_policy_and_all_bad(tmp_path):
 def test_karpathy_repeats_are_kept_once(tmp_path):
     from bench.data.coco import load_karpathy
 
-    paths = _images(tmp_path / "img" / "val", 3, bad=set()) if (tmp_path / "img" / "val").mkdir(parents=True) \
-        is None else []
+    (tmp_path / "img" / "val").mkdir(parents=True)
+    _images(tmp_path / "img" / "val", 3, bad=set())
     entries = [{"filepath": "val", "filename": "0.png", "sentences": [{"raw": "zero"}]},
                {"filepath": "val", "filename": "1.png", "sentences": [{"raw": "one"}]},
                {"filepath": "./val", "filename": "0.png", "sentences": [{"raw": "zero again"}]},  # same file
@@ -220,12 +222,13 @@ def test_karpathy_repeats_are_kept_once(tmp_path):
     ann = tmp_path / "k.json"
     ann.write_text(json.dumps({"images": [dict(e, split="test") for e in entries]}))
     ds = load_karpathy("k", ann, tmp_path / "img")
-    assert [p.name for p in ds.image_paths] == ["0.png", "1.png", "2.png"] and len(paths) == 3
+    assert [p.name for p in ds.image_paths] == ["0.png", "1.png", "2.png"]
     assert ds.captions == [["zero"], ["one"], ["two"]] and ds.duplicates_dropped == 2
-    assert ds.notes == [f"dataset 'k': {ann} lists 2 images of split 'test' more than once (first: entry 2, "
-                        f"val/0.png, repeats entry 0); kept the first entry of each and dropped 2 repeats with "
-                        f"3 captions, so no image is counted twice in the gallery"]
-    assert len(load_karpathy("k", ann, tmp_path / "img", max_images=2)) == 2  # max_images counts distinct images
+    assert ds.notes == [f"dataset 'k': {ann} lists 2 images of split 'test' more than once (first: "
+                        f"entry 2, val/0.png, repeats entry 0); kept the first entry of each and dropped 2 "
+                        f"repeats with 3 captions, so no image is counted twice in the gallery"]
+    # max_images counts distinct images
+    assert len(load_karpathy("k", ann, tmp_path / "img", max_images=2)) == 2
 
 
 def test_coco_file_listed_under_two_ids_is_refused(tmp_path):
@@ -234,6 +237,7 @@ def test_coco_file_listed_under_two_ids_is_refused(tmp_path):
     _images(tmp_path, 1, bad=set())
     ann = tmp_path / "c.json"
     ann.write_text(json.dumps({"images": [{"id": 1, "file_name": "0.png"}, {"id": 2, "file_name": "./0.png"}],
-                               "annotations": [{"image_id": 1, "caption": "a"}, {"image_id": 2, "caption": "b"}]}))
+                               "annotations": [{"image_id": 1, "caption": "a"},
+                                               {"image_id": 2, "caption": "b"}]}))
     with pytest.raises(DataError, match=r"image file 0.png is listed twice in 'images' \(ids 1 and 2\)"):
         load_coco_captions("c", ann, tmp_path)

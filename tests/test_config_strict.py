@@ -63,12 +63,14 @@ def _cli(capsys, *args: str) -> tuple[int, list[str]]:
     ("tasks.0.ks", [1, 5, 5], "tasks[0].ks: ks lists 5 twice"),
     ("tasks.0.ks", [0], "tasks[0].ks[0]: Input should be greater than or equal to 1"),
     ("tasks.0.chunk_size", 512.0, "tasks[0].chunk_size: Input should be a valid integer"),
-    ("datasets.caps.max_images", True, "datasets.caps.max_images: Input should be a valid integer (got True)"),
+    ("datasets.caps.max_images", True,
+     "datasets.caps.max_images: Input should be a valid integer (got True)"),
     ("datasets.caps.on_bad_image", "ignore", "datasets.caps.on_bad_image: invalid value 'ignore'; allowed: "
                                              "'error' or 'skip'"),
     ("embedders.0", {"type": "phi3v", "model": "m", "num_crops": 4.0},
      "embedders[0].num_crops: Input should be a valid integer (got 4.0)"),
-    ("regression.quality_abs_tol", "0.5", "regression.quality_abs_tol: Input should be a valid number (got '0.5')"),
+    ("regression.quality_abs_tol", "0.5",
+     "regression.quality_abs_tol: Input should be a valid number (got '0.5')"),
     ("regression.quality_abs_tol", True, "regression.quality_abs_tol: Input should be a valid number"),
     ("synthetic", "true", "synthetic: Input should be a valid boolean (got 'true')"),
 ])
@@ -139,7 +141,8 @@ def test_validate_reports_a_missing_model_folder(capsys, files):
     raw["embedders"].append({"type": "phi3v", "model": str(tmp / "no_such_model")})
     rc, err = _cli(capsys, "validate", write(raw))
     assert rc == 2 and len(err) == 1, err
-    assert err[0].startswith(f"bench: error: embedders[1].model: model folder not found: {tmp / 'no_such_model'}")
+    assert err[0].startswith("bench: error: embedders[1].model: model folder not found: "
+                             f"{tmp / 'no_such_model'}")
     # --no-files skips the I/O half, models included
     assert _cli(capsys, "validate", "--no-files", write(raw))[0] == 0
 
@@ -149,7 +152,8 @@ def test_validate_reports_a_model_that_is_a_file_or_lacks_config_json(capsys, fi
     (tmp / "weights.bin").write_bytes(b"x")
     raw["embedders"] = [{"type": "clip", "model": str(tmp / "weights.bin")}]
     rc, err = _cli(capsys, "validate", write(raw))
-    assert rc == 2 and len(err) == 1 and "embedders[0].model: model path" in err[0] and "is a file" in err[0], err
+    assert rc == 2 and len(err) == 1, err
+    assert "embedders[0].model: model path" in err[0] and "is a file" in err[0], err
     (tmp / "empty_model").mkdir()
     raw["embedders"] = [{"type": "clip", "model": str(tmp / "empty_model")}]
     rc, err = _cli(capsys, "validate", write(raw))
@@ -169,12 +173,13 @@ def test_validate_reports_an_uncached_hub_id_and_its_variable(capsys, files, mon
 
 
 @pytest.mark.parametrize("key, make, expected", [
-    ("annotations", "dir", "datasets.caps.annotations: {p} is a folder, not a file: 'annotations' must name the "
-                           "annotation .json file itself, e.g. {p}/dataset_coco.json ({p} holds x.json)"),
-    ("images", "file", "datasets.caps.images: {p} is a file, not a folder: 'images' must be the folder that holds "
-                       "the images"),
-    ("root", "file", "datasets.folder.root: {p} is a file, not a folder: 'root' must be the folder that holds one "
-                     "sub-folder per class"),
+    ("annotations", "dir", "datasets.caps.annotations: {p} is a folder, not a file: 'annotations' must "
+                           "name the annotation .json file itself, e.g. {p}/dataset_coco.json "
+                           "({p} holds x.json)"),
+    ("images", "file", "datasets.caps.images: {p} is a file, not a folder: 'images' must be the folder "
+                       "that holds the images"),
+    ("root", "file", "datasets.folder.root: {p} is a file, not a folder: 'root' must be the folder that "
+                     "holds one sub-folder per class"),
 ])
 def test_data_path_of_the_wrong_kind_says_so(capsys, files, key, make, expected):
     tmp, raw, write = files
@@ -196,7 +201,8 @@ def test_loaders_say_images_is_a_file(tmp_path):
     from bench.errors import DataError
 
     ann = tmp_path / "k.json"
-    ann.write_text(json.dumps({"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "a"}]}]}))
+    entry = {"filename": "a.jpg", "split": "test", "sentences": [{"raw": "a"}]}
+    ann.write_text(json.dumps({"images": [entry]}))
     (tmp_path / "img.jpg").write_bytes(b"x")
     with pytest.raises(DataError, match=r"'images' path .*img.jpg is a file, not a folder"):
         load_karpathy("k", ann, tmp_path / "img.jpg")
@@ -209,7 +215,8 @@ def test_loaders_say_images_is_a_file(tmp_path):
 def _run_cfg(tmp: Path, synthetic_dir: Path, clip: Path, ks) -> Path:
     cfg = {"name": "ks", "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache"),
            "runtime": {"device": "cpu", "num_workers": 0},
-           "datasets": {"caps": {"type": "coco_karpathy", "annotations": str(synthetic_dir / "dataset_coco.json"),
+           "datasets": {"caps": {"type": "coco_karpathy",
+                                 "annotations": str(synthetic_dir / "dataset_coco.json"),
                                  "images": str(synthetic_dir / "images"), "split": "test"}},
            "embedders": [{"type": "clip", "model": str(clip)}],
            "tasks": [{"type": "retrieval", "dataset": "caps", "ks": ks}]}

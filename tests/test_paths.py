@@ -45,7 +45,8 @@ def test_safe_join_refuses_escapes(tmp_path, rel, reason):
         check_relative(rel, "entry 3", tmp_path, ModelError)
 
 
-@pytest.mark.parametrize("rel", ["a.jpg", "val2014/a.jpg", "./a.jpg", "a..b.jpg", "..a.jpg", "x/.../y.jpg", 12])
+@pytest.mark.parametrize("rel", ["a.jpg", "val2014/a.jpg", "./a.jpg", "a..b.jpg", "..a.jpg", "x/.../y.jpg",
+                                 12])
 def test_safe_join_keeps_names_inside(tmp_path, rel):
     assert safe_join(tmp_path, rel, "entry") == tmp_path / str(rel)
 
@@ -61,7 +62,8 @@ def layout(tmp_path):
 
     img = tmp_path / "data" / "images"
     (img / "val2014").mkdir(parents=True)
-    for i, p in enumerate([img / "val2014" / "a.jpg", img / "val2014" / "b.jpg", tmp_path / "data" / "secret.jpg"]):
+    files = [img / "val2014" / "a.jpg", img / "val2014" / "b.jpg", tmp_path / "data" / "secret.jpg"]
+    for i, p in enumerate(files):
         Image.new("RGB", (32, 32), (40 * i, 90, 200)).save(p)
     return tmp_path, img
 
@@ -78,14 +80,16 @@ def _run_config(tmp_path: Path, dataset: dict, model: Path) -> Path:
 
 
 def _karpathy(entries: list[dict]) -> dict:
-    return {"images": [dict(e, split="test", sentences=[{"raw": f"caption {i}"}]) for i, e in enumerate(entries)]}
+    return {"images": [dict(e, split="test", sentences=[{"raw": f"caption {i}"}])
+                       for i, e in enumerate(entries)]}
 
 
 @pytest.mark.parametrize("bad, named", [
     ({"filepath": "val2014", "filename": "../../../../etc/passwd"},
      r"image entry 1's 'filename' '../../../../etc/passwd' climbs out of its folder with '..'"),
     # a real image outside the images folder: it exists, and must still be refused
-    ({"filepath": "val2014", "filename": "../../secret.jpg"}, r"image entry 1's 'filename' '../../secret.jpg'"),
+    ({"filepath": "val2014", "filename": "../../secret.jpg"},
+     r"image entry 1's 'filename' '../../secret.jpg'"),
     ({"filename": "../secret.jpg"}, r"image entry 1's 'filename' '../secret.jpg' climbs out"),
     ({"filepath": "..", "filename": "secret.jpg"}, r"image entry 1's 'filepath' '..' climbs out"),
     ({"filepath": "/etc", "filename": "passwd"}, r"image entry 1's 'filepath' is the absolute path '/etc'"),
@@ -96,7 +100,8 @@ def test_karpathy_path_escaping_images_is_refused(capsys, layout, tiny_clip_dir,
     ann = tmp / "data" / "dataset_coco.json"
     ann.write_text(json.dumps(_karpathy([{"filepath": "val2014", "filename": "a.jpg"}, bad,
                                          {"filepath": "val2014", "filename": "b.jpg"}])))
-    p = _run_config(tmp, {"type": "coco_karpathy", "annotations": str(ann), "images": str(img)}, tiny_clip_dir)
+    ds = {"type": "coco_karpathy", "annotations": str(ann), "images": str(img)}
+    p = _run_config(tmp, ds, tiny_clip_dir)
     rc, err = _cli(capsys, "run", str(p), "--no-progress")
     assert rc == 2
     assert len(err) == 1, err
@@ -117,7 +122,8 @@ def test_coco_file_name_escaping_images_is_refused(capsys, layout, tiny_clip_dir
            "categories": [{"id": 1, "name": "thing"}]}
     ann = tmp / "data" / "coco.json"
     ann.write_text(json.dumps(obj))
-    p = _run_config(tmp, {"type": kind, "annotations": str(ann), "images": str(img / "val2014")}, tiny_clip_dir)
+    p = _run_config(tmp, {"type": kind, "annotations": str(ann), "images": str(img / "val2014")},
+                    tiny_clip_dir)
     if kind == "coco_instances":  # retrieval needs captions: probe the instances instead
         cfg = yaml.safe_load(p.read_text())
         cfg["tasks"] = [{"type": "linear_probe", "train": "d", "test": "d"}]

@@ -201,10 +201,11 @@ def load_karpathy(name: str, annotations: str | Path, images: str | Path, split:
     if repeats:
         i, j, key, _ = repeats[0]
         n_caps = sum(r[3] for r in repeats)
-        notes.append(f"dataset '{name}': {annotations} lists {n_dup} image{'s' if n_dup > 1 else ''} of split "
-                     f"'{split}' more than once (first: entry {i}, {key}, repeats entry {j}); kept the first "
-                     f"entry of each and dropped {n_dup} repeat{'s' if n_dup > 1 else ''} with {n_caps} "
-                     f"caption{'s' if n_caps != 1 else ''}, so no image is counted twice in the gallery")
+        s_img, s_cap = "s" if n_dup > 1 else "", "s" if n_caps != 1 else ""
+        notes.append(f"dataset '{name}': {annotations} lists {n_dup} image{s_img} of split '{split}' more "
+                     f"than once (first: entry {i}, {key}, repeats entry {j}); kept the first entry of "
+                     f"each and dropped {n_dup} repeat{s_img} with {n_caps} caption{s_cap}, so no image is "
+                     f"counted twice in the gallery")
     n = _cut(len(paths), max_images)
     paths, captions, ids = paths[:n], captions[:n], ids[:n]
     subfolders = sorted({p.parent.relative_to(images).as_posix() for p in paths} - {"."})
@@ -234,8 +235,8 @@ def _official(annotations: Path, images: Path, expected: str, ann_fields: tuple[
                             f"({by_id[im['id']]['file_name']} and {im['file_name']}); the file is corrupt")
         by_id[im["id"]] = im
         # Two ids for one file would put the same image in the gallery twice.
-        key = normalized(check_relative(im["file_name"], f"{annotations}: image id {im['id']!r}'s 'file_name'",
-                                        images))
+        what = f"{annotations}: image id {im['id']!r}'s 'file_name'"
+        key = normalized(check_relative(im["file_name"], what, images))
         if key in by_name:
             raise DataError(f"{annotations}: image file {key} is listed twice in 'images' (ids "
                             f"{by_name[key]!r} and {im['id']!r}); the file is corrupt: keep one entry")

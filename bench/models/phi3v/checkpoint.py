@@ -78,8 +78,9 @@ class Phi3VCheckpoint:
                 raise ModelError(f"{index} has no weight_map (the index is corrupt; re-download it)")
             # Shard names must stay inside the checkpoint folder (no absolute path, no '..'): checked
             # for every entry now, before any file is opened.
+            fix = "the index is corrupt or was tampered with; re-download it"
             return {str(k): check_relative(v, f"{index}: weight_map entry {str(k)!r} -> shard", self.folder,
-                                           ModelError, "the index is corrupt or was tampered with; re-download it")
+                                           ModelError, fix)
                     for k, v in weight_map.items()}
         single = self.folder / SINGLE
         if single.is_file():
