@@ -241,3 +241,17 @@ def test_coco_file_listed_under_two_ids_is_refused(tmp_path):
                                                {"image_id": 2, "caption": "b"}]}))
     with pytest.raises(DataError, match=r"image file 0.png is listed twice in 'images' \(ids 1 and 2\)"):
         load_coco_captions("c", ann, tmp_path)
+
+
+def test_imagefolder_link_loop_lists_each_image_once(tmp_path):
+    from bench.data.imagefolder import load_imagefolder
+
+    (tmp_path / "root" / "a" / "sub").mkdir(parents=True)
+    (tmp_path / "root" / "b").mkdir()
+    _images(tmp_path / "root" / "a" / "sub", 2, bad=set())
+    _images(tmp_path / "root" / "b", 1, bad=set())
+    (tmp_path / "root" / "a" / "sub" / "loop").symlink_to(tmp_path / "root" / "a", target_is_directory=True)
+    ds = load_imagefolder("f", tmp_path / "root")
+    assert [p.relative_to(tmp_path / "root").as_posix() for p in ds.image_paths] == [
+        "a/sub/0.png", "a/sub/1.png", "b/0.png"]
+    assert ds.labels.tolist() == [0, 0, 1]
