@@ -3,17 +3,20 @@ no device probing. Unknown keys are errors that name the key's path and the allo
 
 Relative paths in a config are resolved against the current working directory (run bench from
 the repository root, as the Makefile does). Strings may use ${VAR} or ${VAR:-default}.
+
+Numbers are strict: an integer setting takes a YAML integer only (`"8"`, `8.0` and `true` are
+errors, never silently 8 or 1); a float setting takes an integer or a float, not a string or a bool.
 """
 
 from __future__ import annotations
 
 import os
-import typing
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt,
+                      ValidationError, field_validator, model_validator)
 
 from bench.errors import ConfigError, did_you_mean
 
@@ -24,16 +27,28 @@ class _Model(BaseModel):
     model_config = _STRICT
 
 
+# Strict numbers (see the module docstring); `Int(ge=1)` reads like the Field it wraps.
+def Int(**bounds: Any) -> Any:
+    return Annotated[StrictInt, Field(**bounds)]
+
+
+def Float(**bounds: Any) -> Any:
+    return Annotated[StrictFloat, Field(**bounds)]
+
+
+OnBadImage = Literal["error", "skip"]  # skip: drop undecodable images with their captions/labels
+
+
 # --------------------------------------------------------------------------------------------
 # runtime
 class Runtime(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
-    num_workers: Annotated[int, Field(ge=0, le=64)] = 1
-    seed: int = 0
-    compile: bool = False
-    threads: Annotated[int, Field(ge=0)] = 0  # 0 = torch default
+    batch_size: Int(ge=1, le=4096) = 16
+    num_workers: Int(ge=0, le=64) = 1
+    seed: StrictInt = 0
+    compile: StrictBool = False
+    threads: Int(ge=0) = 0  # 0 = torch default
 
 
 # --------------------------------------------------------------------------------------------
@@ -41,7 +56,8 @@ class Runtime(_Model):
 class _CaptionsBase(_Model):
     annotations: Path
     images: Path
-    max_images: Annotated[int, Field(ge=1)] | None = None
+    max_images: Int(ge=1) | None = None
+    on_bad_image: OnBadImage = "error"
 
 
 class KarpathyDataset(_CaptionsBase):
@@ -60,7 +76,8 @@ class CocoInstancesDataset(_CaptionsBase):
 class ImageFolderDataset(_Model):
     type: Literal["imagefolder"]
     root: Path
-    max_images: Annotated[int, Field(ge=1)] | None = None
+    max_images: Int(ge=1) | None = None
+    on_bad_image: OnBadImage = "error"
 
 
 DatasetSpec = Annotated[
@@ -94,13 +111,13 @@ class ClipSpec(_EmbedderBase):
 
 class Phi3VSpec(_EmbedderBase):
     type: Literal["phi3v"]
-    num_crops: Annotated[int, Field(ge=1, le=64)] | None = None
+    num_crops: Int(ge=1, le=64) | None = None
     pooling: Literal["mean", "global", "clip"] = "mean"  # "tokens" is for `bench embed` only
 
 
 class Phi3VLMSpec(_EmbedderBase):
     type: Literal["phi3v-lm"]
-    num_crops: Annotated[int, Field(ge=1, le=64)] | None = None
+    num_crops: Int(ge=1, le=64) | None = None
     template: Literal["vlm2vec", "e5v", "custom"] = "vlm2vec"
     image_prompt: str | None = None
     text_prompt: str | None = None
@@ -124,8 +141,18 @@ EmbedderSpec = Annotated[Union[ClipSpec, Phi3VSpec, Phi3VLMSpec], Field(discrimi
 class RetrievalTask(_Model):
     type: Literal["retrieval"]
     dataset: str
-    ks: list[Annotated[int, Field(ge=1)]] = [1, 5, 10]
-    chunk_size: Annotated[int, Field(ge=1)] = 512
+    ks: list[Int(ge=1)] = [1, 5, 10]  # each must also be below the gallery size (checked at run start)
+    chunk_size: Int(ge=1) = 512
+
+    @field_validator("ks")
+    @classmethod
+    def _ks(cls, v):
+        if not v:
+            raise ValueError("ks is empty: list at least one k, e.g. [1, 5, 10]")
+        dup = sorted({k for k in v if v.count(k) > 1})
+        if dup:
+            raise ValueError(f"ks lists {dup[0]} twice: each k once")
+        return v
 
 
 class LinearProbeTask(_Model):
@@ -133,8 +160,8 @@ class LinearProbeTask(_Model):
     train: str
     test: str
     val: str | None = None
-    val_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.2
-    max_iter: Annotated[int, Field(ge=10)] = 1000
+    val_fraction: Float(gt=0, lt=1) = 0.2
+    max_iter: Int(ge=10) = 1000
 
 
 class ZeroShotTask(_Model):
@@ -158,21 +185,21 @@ class ZeroShotTask(_Model):
 class SpeedTask(_Model):
     type: Literal["speed"]
     dataset: str
-    num_images: Annotated[int, Field(ge=1)] = 64
-    warmup_batches: Annotated[int, Field(ge=0)] = 1
-    min_iterations: Annotated[int, Field(ge=1)] = 3
-    min_time_s: Annotated[float, Field(ge=0)] = 2.0
-    batch_size: Annotated[int, Field(ge=1)] | None = None  # default: runtime.batch_size
+    num_images: Int(ge=1) = 64
+    warmup_batches: Int(ge=0) = 1
+    min_iterations: Int(ge=1) = 3
+    min_time_s: Float(ge=0) = 2.0
+    batch_size: Int(ge=1) | None = None  # default: runtime.batch_size
 
 
 TaskSpec = Annotated[Union[RetrievalTask, LinearProbeTask, ZeroShotTask, SpeedTask], Field(discriminator="type")]
 
 
 class Regression(_Model):
-    quality_abs_tol: Annotated[float, Field(ge=0)] = 1.0
-    speed_rel_tol: Annotated[float, Field(ge=0)] = 0.25
-    memory_rel_tol: Annotated[float, Field(ge=0)] = 0.20
-    per_metric: dict[str, Annotated[float, Field(ge=0)]] = {}
+    quality_abs_tol: Float(ge=0) = 1.0
+    speed_rel_tol: Float(ge=0) = 0.25
+    memory_rel_tol: Float(ge=0) = 0.20
+    per_metric: dict[str, Float(ge=0)] = {}
 
 
 class Config(_Model):
@@ -185,7 +212,7 @@ class Config(_Model):
     embedders: Annotated[list[EmbedderSpec], Field(min_length=1)]
     tasks: Annotated[list[TaskSpec], Field(min_length=1)]
     regression: Regression = Regression()
-    synthetic: bool = False  # the demo says its weights are random and tiny
+    synthetic: StrictBool = False  # the demo says its weights are random and tiny
     # Set by load_config: the file it came from, and for each key path the ${VAR} variables in it,
     # each with whether it was set (error messages then name the variable to set).
     _source: str = PrivateAttr(default="")
@@ -292,167 +319,69 @@ def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(f"{source}: {_first_error(e, raw)}") from None
+        from bench.config_errors import first_error
+
+        raise ConfigError(f"{source}: {first_error(e, raw)}") from None
 
 
-def _loc_str(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _first_error(e: ValidationError, raw: dict[str, Any]) -> str:
-    errs = e.errors()
-    err = errs[0]
-    # Discriminated unions put the tag in the location ("embedders.0.clip.model"): drop it.
-    loc = list(err["loc"])
-    cleaned: list = []
-    node: Any = raw
-    for part in loc:
-        if isinstance(node, dict) and isinstance(part, str) and part not in node and "type" in node \
-                and part == node.get("type"):
-            continue  # the union tag, not a real key
-        cleaned.append(part)
-        if isinstance(node, dict):
-            node = node.get(part) if isinstance(part, str) else None
-        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
-            node = node[part]
-        else:
-            node = None
-    where = _loc_str(tuple(cleaned))
-    etype = err["type"]
-    more = f" (and {len(errs) - 1} more problem{'s' if len(errs) > 2 else ''})" if len(errs) > 1 else ""
-    if etype == "extra_forbidden":
-        parent_model = _model_at(cleaned[:-1], raw)
-        allowed = sorted(parent_model.model_fields) if parent_model else []
-        key = str(cleaned[-1])
-        return (f"unknown key '{where}'{did_you_mean(key, allowed)} allowed here: {', '.join(allowed)}{more}")
-    if etype in ("union_tag_invalid", "union_tag_not_found"):
-        ctx = err.get("ctx", {})
-        allowed = _TAGS.get(_kind_of(cleaned), [])
-        tag = ctx.get("tag", "")
-        what = _kind_of(cleaned)
-        if etype == "union_tag_not_found":
-            return f"{where}: missing 'type'; allowed {what} types: {', '.join(allowed)}{more}"
-        return f"{where}.type: unknown {what} '{tag}'{did_you_mean(str(tag), allowed)} known: {', '.join(allowed)}{more}"
-    if etype == "missing":
-        return f"missing required key '{where}'{more}"
-    if etype == "literal_error":
-        allowed = err.get("ctx", {}).get("expected", "")
-        return f"{where}: invalid value {err.get('input')!r}; allowed: {allowed}{more}"
-    msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
-        # cross-reference errors carry their own location
-        if re.match(r"^[\w\[\]\.]+: ", msg) and not where:
-            return msg + more
-    inp = err.get("input")
-    shown = f" (got {inp!r})" if not isinstance(inp, (dict, list)) and etype != "value_error" else ""
-    return f"{where or 'config'}: {msg}{shown}{more}"
-
-
-_TAGS = {
-    "dataset": sorted(CAPTION_TYPES | LABEL_TYPES),
-    "embedder": ["clip", "phi3v", "phi3v-lm"],
-    "task": ["retrieval", "linear_probe", "zeroshot", "speed"],
-}
-
-
-def _kind_of(loc: list) -> str:
-    head = loc[0] if loc else ""
-    return {"datasets": "dataset", "embedders": "embedder", "tasks": "task"}.get(str(head), "component")
-
-
-def _has(node, part) -> bool:
-    return (isinstance(node, list) and isinstance(part, int) and part < len(node)) or (
-        isinstance(node, dict) and part in node)
-
-
-def _pick_model(ann, node):
-    """Unwrap list/dict/Annotated/Union to the model that validates `node`."""
-
-    origin = typing.get_origin(ann)
-    args = typing.get_args(ann)
-    if origin is Annotated:
-        return _pick_model(args[0], node)
-    if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return ann
-    if origin in (list, dict):
-        return _Deferred(args[-1])
-    if origin is Union or str(origin) == "types.UnionType":
-        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-        if isinstance(node, dict) and "type" in node:
-            for m in models:
-                tf = m.model_fields.get("type")
-                if tf is not None and node["type"] in typing.get_args(tf.annotation):
-                    return m
-        return models[0] if len(models) == 1 else None
-    return None
-
-
-class _Deferred:
-    """A container's item type; resolved once the index/key is consumed."""
-
-    def __init__(self, ann) -> None:
-        self.ann = ann
-        self.model_fields: dict = {}
-
-
-def _model_at(loc: list, raw: dict[str, Any]):
-    """The pydantic model class that validates the mapping at `loc` (for listing allowed keys)."""
-    model: Any = Config
-    node: Any = raw
-    pending = None
-    for part in loc:
-        if pending is not None:
-            node = node[part] if _has(node, part) else None
-            model = _pick_model(pending, node)
-            pending = None
-            continue
-        if model is None or not hasattr(model, "model_fields"):
-            return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        node = node.get(part) if isinstance(node, dict) else None
-        picked = _pick_model(field.annotation, node)
-        if isinstance(picked, _Deferred):
-            pending, model = picked.ann, None
-        else:
-            model = picked
-    return model if pending is None else None
+_ANNOTATION_EXAMPLE = {"coco_karpathy": "dataset_coco.json", "flickr30k_karpathy": "dataset_flickr30k.json",
+                       "coco_captions": "captions_val2017.json", "coco_instances": "instances_val2017.json"}
 
 
 def check_paths(cfg: Config) -> None:
-    """Check that every file and folder the config names exists (the I/O half of validation)."""
+    """Check that every file and folder the config names exists and is of the right kind (a file
+    where a file is expected, a folder where a folder is), and that every embedder's model folder or
+    cached hub id is there: the I/O half of validation, run by `bench validate` and before a run."""
     for name, ds in cfg.datasets.items():
         for key in ("annotations", "images", "root"):
             p = getattr(ds, key, None)
             if p is None:
                 continue
             want_dir = key in ("images", "root")
+            where = f"datasets.{name}.{key}"
+            if want_dir and p.is_file():
+                holds = "one sub-folder per class" if key == "root" else "the images"
+                raise ConfigError(f"{where}: {p} is a file, not a folder: '{key}' must be the folder that "
+                                  f"holds {holds}")
+            if not want_dir and p.is_dir():
+                found = sorted(x.name for x in p.glob("*.json"))
+                inside = f" ({p} holds {', '.join(found[:3])})" if found else ""
+                example = _ANNOTATION_EXAMPLE.get(ds.type, "annotations.json")
+                raise ConfigError(f"{where}: {p} is a folder, not a file: 'annotations' must name the "
+                                  f"annotation .json file itself, e.g. {p / example}{inside}")
             ok = p.is_dir() if want_dir else p.is_file()
             if not ok:
                 what = "folder" if want_dir else "file"
-                where = f"datasets.{name}.{key}"
-                env = dict(cfg._env_vars.get(where, []))  # variable -> was it set
-                src = f" in {cfg._source}" if cfg._source else ""
                 if "demo" in str(p):
                     fix = " (run `make data` to generate the demo data)"
-                elif env and not all(env.values()):
-                    unset = " and ".join(v for v, was_set in env.items() if not was_set)
-                    fix = (f" ({unset} not set, so its default was used: set {unset} to the folder that "
-                           f"holds the data, or change the path{src})")
-                elif env:
-                    names = " and ".join(f"{v}={os.environ.get(v, '')}" for v in env)
-                    fix = f" (from {names}: put the {what} there, or point the variable at the right folder)"
                 else:
-                    fix = f" (put the {what} there, or change the path{src})"
+                    fix = _env_hint(cfg, where, what)
                 raise ConfigError(f"{where}: {what} not found: {p}{fix}")
+    from bench.errors import ModelError
+    from bench.models.hub import resolve_model_dir  # stdlib only: validate stays free of torch
+
+    for i, spec in enumerate(cfg.embedders):
+        where = f"embedders[{i}].model"
+        try:
+            resolve_model_dir(spec.model, spec.revision, required=("config.json",))
+        except ModelError as e:
+            fix = " (run `make models` to generate the demo models)" if "demo" in spec.model else (
+                _env_hint(cfg, where, "model folder", "the checkpoint") if cfg._env_vars.get(where) else "")
+            raise ConfigError(f"{where}: {e}{fix}") from None
+
+
+def _env_hint(cfg: Config, where: str, what: str, holds: str = "the data") -> str:
+    """How to fix a missing path: which ${VAR} to set, or where to change the path."""
+    env = dict(cfg._env_vars.get(where, []))  # variable -> was it set
+    src = f" in {cfg._source}" if cfg._source else ""
+    if env and not all(env.values()):
+        unset = " and ".join(v for v, was_set in env.items() if not was_set)
+        return (f" ({unset} not set, so its default was used: set {unset} to the folder that "
+                f"holds {holds}, or change the path{src})")
+    if env:
+        names = " and ".join(f"{v}={os.environ.get(v, '')}" for v in env)
+        return f" (from {names}: put the {what} there, or point the variable at the right folder)"
+    return f" (put the {what} there, or change the path{src})"
 
 
 def resolved_dict(cfg: Config) -> dict[str, Any]:

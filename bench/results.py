@@ -16,7 +16,8 @@ results.json (schema_version 1):
       "hardware_fingerprint": "16 hex"     # speed/memory compare only when these match
   },
   "synthetic": true,                        # true when any embedder's weights are random/tiny
-  "datasets": {name: {"type", "fingerprint", "num_images", "num_captions"?, "num_classes"?, "multilabel"?}},
+  "datasets": {name: {"type", "fingerprint", "num_images", "num_captions"?, "num_classes"?, "multilabel"?,
+                      "skipped_images"?, "skipped_captions"? (on_bad_image: skip), "duplicates_dropped"?}},
   "embedders": {label: {"type", "fingerprint" (16 hex), "fingerprint_detail": {...}, "describe": {...},
                         "modalities": ["image", "text"], "random_weights": bool}},
   "metrics": [                              # flat: one row per (embedder, task, dataset, key)

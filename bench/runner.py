@@ -47,8 +47,16 @@ class RunContext:
             spec = self.cfg.datasets[name]
             loader = registry.resolve("dataset", spec.type)
             kwargs = spec.model_dump(exclude={"type"})
+            if kwargs.get("on_bad_image") == "skip":
+                _log(f"dataset {name}: decoding every image to find unreadable ones (on_bad_image: skip)")
             self._datasets[name] = loader(name=name, **kwargs)
+            for note in self._datasets[name].notes:
+                _log(f"warning: {note}")
         return self._datasets[name]
+
+    def dataset_notes(self) -> list[str]:
+        """What loading changed in the datasets (repeats dropped, unreadable images skipped)."""
+        return [note for ds in self._datasets.values() for note in ds.notes]
 
     def dataset_summary(self) -> dict[str, Any]:
         out = {}
@@ -60,6 +68,12 @@ class RunContext:
             else:
                 d["num_classes"] = ds.num_classes
                 d["multilabel"] = ds.multilabel
+            if ds.skipped:  # on_bad_image: skip
+                d["skipped_images"] = len(ds.skipped)
+                if hasattr(ds, "captions"):
+                    d["skipped_captions"] = ds.skipped_captions
+            if getattr(ds, "duplicates_dropped", 0):
+                d["duplicates_dropped"] = ds.duplicates_dropped
             out[name] = d
         return out
 
@@ -172,6 +186,11 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     device = resolve_device(rt.device)
     # The embedders' dtype rule, checked once before any output or loading.
     resolve_torch_dtype("", RuntimeOptions(device=device, dtype=rt.dtype))
+    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress)
+    # Every dataset a task uses loads, and fits its tasks, before any output is written.
+    from bench.tasks import check_tasks_against_data
+
+    check_tasks_against_data(ctx)
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"
@@ -183,7 +202,7 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
         made = True
     state = {"finished": 0, "complete": False}  # embedders whose results.json is written; the whole run
     try:
-        return _run(cfg, config_path, use_cache, progress, render, device, now, run_id, out_dir, state)
+        return _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state)
     except BaseException as e:
         if not state["complete"]:  # a failure while rendering leaves complete results as they are
             _record_failure(out_dir, made, state["finished"], e)
@@ -223,18 +242,19 @@ def _record_failure(out_dir: Path, made: bool, finished: int, exc: BaseException
          "(complete: false)")
 
 
-def _run(cfg: Config, config_path: str | Path, use_cache: bool, progress: bool, render: bool, device: str,
+def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, device: str,
          now: datetime, run_id: str, out_dir: Path, state: dict[str, Any]) -> Path:
     from bench.environment import capture
 
     rt = cfg.runtime
-    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress)
     result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
                        config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
                        synthetic=cfg.synthetic)
     if cfg.synthetic:
         result.notes.append("Synthetic benchmark: generated images and tiny random-initialized models. "
                             "The numbers measure the harness, not model quality.")
+    result.notes += ctx.dataset_notes()
+    result.datasets = ctx.dataset_summary()
     _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
     # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).

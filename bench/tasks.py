@@ -11,13 +11,37 @@ from typing import TYPE_CHECKING, Any
 from bench.results import Metric
 
 if TYPE_CHECKING:
-    from bench.runner import EmbedderRun
+    from bench.runner import EmbedderRun, RunContext
 
 RECALL_PROTOCOL = ("recall@k, 'hit' definition (CLIP paper, CLIP_benchmark): a query hits at k when a "
                    "correct item is in its top k; ties counted against the query")
 PROBE_PROTOCOL = ("logistic regression on frozen L2-normalized image embeddings; C swept on the "
                   "validation split, retrained on train+val, scored on test")
 ZEROSHOT_PROTOCOL = "class names through prompt templates, averaged per class; cosine similarity"
+
+
+def check_tasks_against_data(ctx: RunContext) -> None:
+    """Load every dataset the tasks use, and check what only the data can tell, before any output.
+
+    Retrieval: every k must be below the number of images. At k >= N, t2i recall@k is 100% whatever
+    the model (the whole gallery is in the top k), so a typo like ks [1, 5, 1000] on a 100-image
+    set would report a perfect score; it is refused instead (exit 2, naming the task and the k).
+    """
+    from bench.errors import ConfigError
+
+    for i, task in enumerate(ctx.cfg.tasks):
+        for field_name in ("dataset", "train", "val", "test"):
+            ref = getattr(task, field_name, None)
+            if ref is not None:
+                ctx.dataset(ref)
+        if task.type == "retrieval":
+            n = len(ctx.dataset(task.dataset))
+            too_big = [k for k in task.ks if k >= n]
+            if too_big:
+                k = too_big[0]
+                raise ConfigError(f"tasks[{i}].ks: k={k} is not below the {n} images of dataset "
+                                  f"'{task.dataset}', so recall@{k} would be 100% whatever the model; "
+                                  f"use ks below {n}")
 
 
 def _na(run: EmbedderRun, task: str, dataset: str, keys: list[tuple[str, str, bool]], reason: str) -> list[Metric]:

@@ -178,9 +178,14 @@ def test_missing_data_path_names_the_variable_to_set(tmp_path, monkeypatch):
 
     (tmp_path / "img").mkdir()
     (tmp_path / "a.json").write_text("{}")
+    for m in ("m", "p"):  # check_paths also checks the model folders
+        (tmp_path / m).mkdir()
+        (tmp_path / m / "config.json").write_text("{}")
     raw = copy.deepcopy(BASE)
     raw["datasets"] = {"caps": {"type": "coco_karpathy", "annotations": "${DATA_ROOT_T:-nowhere}/a.json",
                                 "images": str(tmp_path / "img")}}
+    raw["embedders"] = [{"type": "clip", "model": str(tmp_path / "m")},
+                        {"type": "phi3v", "model": str(tmp_path / "p")}]
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump(raw))
 

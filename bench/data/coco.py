@@ -3,6 +3,9 @@ captions, official COCO instances (as multi-label classification).
 
 Every loader checks that all the image files it returns exist before returning, so a wrong
 `images` folder fails in a second with one message instead of deep inside an embedding run.
+Names listed in a file never leave the `images` folder (bench.paths.safe_join: an absolute path or
+a `..` is refused, naming the entry). With `on_bad_image: skip`, images that cannot be decoded are
+dropped together with their captions or labels (bench.data.base.drop_unreadable).
 """
 
 from __future__ import annotations
@@ -15,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from bench.data.base import CaptionDataset, LabelledDataset
+from bench.data.base import CaptionDataset, LabelledDataset, drop_unreadable
 from bench.errors import DataError
+from bench.paths import check_relative, normalized
 
 KARPATHY_SPLITS = ("train", "val", "test", "restval", "train+restval")
 
@@ -84,6 +88,9 @@ def _require_list_of_dicts(path: Path, obj: dict, key: str, fields: Iterable[str
 def check_images_exist(paths: list[Path], images: Path, annotations: Path, hint: str = "") -> None:
     """Raise one DataError when the image folder or any listed image file is missing."""
     images = Path(images)
+    if images.is_file():
+        raise DataError(f"the dataset's 'images' path {images} is a file, not a folder: set it to the folder "
+                        f"that holds the images listed in {annotations}{hint}")
     if not images.is_dir():
         raise DataError(f"image folder not found: {images} (set the dataset's 'images' key to the folder "
                         f"that holds the images listed in {annotations}{hint})")
@@ -125,13 +132,16 @@ def _id_key(image_id: Any) -> tuple:
 
 
 def load_karpathy(name: str, annotations: str | Path, images: str | Path, split: str = "test",
-                  max_images: int | None = None) -> CaptionDataset:
+                  max_images: int | None = None, on_bad_image: str = "error") -> CaptionDataset:
     """Karpathy split file (dataset_coco.json / dataset_flickr30k.json) -> CaptionDataset.
 
     Image path = images / filepath / filename (images / filename when an entry has no filepath).
     All captions of an image are kept (the stripped `raw` text). split is one of train, val, test,
     restval or train+restval ("train" alone excludes restval). Images keep the file's order;
-    max_images keeps the first N. Images without any caption are skipped.
+    max_images keeps the first N. Images without any caption are skipped. An image listed twice in
+    the selected split is kept once (its first entry, with that entry's captions); the repeats and
+    their captions are dropped and counted in `duplicates_dropped` and a note, so no image is counted
+    twice in the gallery. `filepath`/`filename` must stay inside `images` (no absolute path, no `..`).
     """
     annotations, images = Path(annotations), Path(images)
     if split not in KARPATHY_SPLITS:
@@ -149,6 +159,8 @@ def load_karpathy(name: str, annotations: str | Path, images: str | Path, split:
     captions: list[list[str]] = []
     ids: list[str] = []
     found: dict[str, int] = {}
+    first_entry: dict[str, int] = {}  # normalized relative path -> entry index that listed it first
+    repeats: list[tuple[int, int, str, int]] = []  # (entry, first entry, path, captions dropped)
     for i, e in enumerate(entries):
         found[str(e["split"])] = found.get(str(e["split"]), 0) + 1
         if e["split"] not in wanted:
@@ -166,8 +178,17 @@ def load_karpathy(name: str, annotations: str | Path, images: str | Path, split:
                 caps.append(text)
         if not caps:
             continue
-        folder = images / str(e["filepath"]) if e.get("filepath") else images
-        paths.append(folder / str(e["filename"]))
+        filename = check_relative(e["filename"], f"{annotations}: image entry {i}'s 'filename'", images)
+        rel = filename
+        if e.get("filepath"):
+            rel = check_relative(e["filepath"], f"{annotations}: image entry {i}'s 'filepath'", images) \
+                + "/" + filename
+        key = normalized(rel)
+        if key in first_entry:
+            repeats.append((i, first_entry[key], key, len(caps)))
+            continue
+        first_entry[key] = i
+        paths.append(images / rel)
         captions.append(caps)
         image_id = e.get("cocoid", e.get("imgid", Path(str(e["filename"])).stem))
         ids.append(str(image_id))
@@ -176,6 +197,15 @@ def load_karpathy(name: str, annotations: str | Path, images: str | Path, split:
         counts = ", ".join(f"{k}={v}" for k, v in sorted(found.items())) or "none"
         raise DataError(f"{annotations}: no captioned images in split '{split}' "
                         f"(images per split in the file: {counts})")
+    notes, n_dup = [], len(repeats)
+    if repeats:
+        i, j, key, _ = repeats[0]
+        n_caps = sum(r[3] for r in repeats)
+        s_img, s_cap = "s" if n_dup > 1 else "", "s" if n_caps != 1 else ""
+        notes.append(f"dataset '{name}': {annotations} lists {n_dup} image{s_img} of split '{split}' more "
+                     f"than once (first: entry {i}, {key}, repeats entry {j}); kept the first entry of "
+                     f"each and dropped {n_dup} repeat{s_img} with {n_caps} caption{s_cap}, so no image is "
+                     f"counted twice in the gallery")
     n = _cut(len(paths), max_images)
     paths, captions, ids = paths[:n], captions[:n], ids[:n]
     subfolders = sorted({p.parent.relative_to(images).as_posix() for p in paths} - {"."})
@@ -183,10 +213,12 @@ def load_karpathy(name: str, annotations: str | Path, images: str | Path, split:
     hint = (f": it should be the folder that contains the sub-folder(s) {listed}" if subfolders
             else ": it should be the folder that holds the image files")
     check_images_exist(paths, images, annotations, hint)
-    return CaptionDataset(name=name, image_paths=paths, captions=captions, image_ids=ids)
+    ds = CaptionDataset(name=name, image_paths=paths, captions=captions, image_ids=ids, notes=notes,
+                        duplicates_dropped=n_dup)
+    return drop_unreadable(ds, on_bad_image, annotations)
 
 
-def _official(annotations: Path, expected: str, ann_fields: tuple[str, ...],
+def _official(annotations: Path, images: Path, expected: str, ann_fields: tuple[str, ...],
               extra_key: str | None = None) -> tuple[dict, dict[Any, dict], list[dict]]:
     """Shared part of the official COCO formats: the parsed file, images by id, annotations."""
     obj = read_json(annotations)
@@ -196,11 +228,19 @@ def _official(annotations: Path, expected: str, ann_fields: tuple[str, ...],
     image_list = _require_list_of_dicts(annotations, obj, "images", ("id", "file_name"), expected)
     anns = _require_list_of_dicts(annotations, obj, "annotations", ann_fields, expected)
     by_id: dict[Any, dict] = {}
+    by_name: dict[str, Any] = {}
     for im in image_list:
         if im["id"] in by_id:
             raise DataError(f"{annotations}: image id {im['id']!r} is listed twice in 'images' "
                             f"({by_id[im['id']]['file_name']} and {im['file_name']}); the file is corrupt")
         by_id[im["id"]] = im
+        # Two ids for one file would put the same image in the gallery twice.
+        what = f"{annotations}: image id {im['id']!r}'s 'file_name'"
+        key = normalized(check_relative(im["file_name"], what, images))
+        if key in by_name:
+            raise DataError(f"{annotations}: image file {key} is listed twice in 'images' (ids "
+                            f"{by_name[key]!r} and {im['id']!r}); the file is corrupt: keep one entry")
+        by_name[key] = im["id"]
     for i, a in enumerate(anns):
         if a["image_id"] not in by_id:
             raise DataError(f"{annotations}: annotation {i} refers to image_id {a['image_id']!r}, which is "
@@ -209,16 +249,17 @@ def _official(annotations: Path, expected: str, ann_fields: tuple[str, ...],
 
 
 def load_coco_captions(name: str, annotations: str | Path, images: str | Path,
-                       max_images: int | None = None) -> CaptionDataset:
+                       max_images: int | None = None, on_bad_image: str = "error") -> CaptionDataset:
     """Official COCO captions file (captions_val2017.json style) -> CaptionDataset.
 
     Images are ordered by image id; images without any caption are dropped; each image keeps all
-    its captions (stripped) in annotation order. Image path = images / file_name.
+    its captions (stripped) in annotation order. Image path = images / file_name (relative, inside
+    `images`; a file listed under two ids is refused).
     """
     annotations, images = Path(annotations), Path(images)
     expected = ("an official COCO captions file (a JSON object with 'images' [{'id', 'file_name'}] and "
                 "'annotations' [{'image_id', 'caption'}], like captions_val2017.json)")
-    _, by_id, anns = _official(annotations, expected, ("image_id", "caption"))
+    _, by_id, anns = _official(annotations, images, expected, ("image_id", "caption"))
     caps: dict[Any, list[str]] = {}
     for a in anns:
         text = str(a["caption"]).strip()
@@ -229,27 +270,28 @@ def load_coco_captions(name: str, annotations: str | Path, images: str | Path,
         raise DataError(f"{annotations}: no image has a caption "
                         f"({len(by_id)} images, {len(anns)} annotations)")
     order = order[: _cut(len(order), max_images)]
-    paths = [images / str(by_id[i]["file_name"]) for i in order]
+    paths = [images / str(by_id[i]["file_name"]) for i in order]  # checked by _official
     check_images_exist(paths, images, annotations, ": it should be the folder that holds the image files, "
                        "e.g. val2017/")
-    return CaptionDataset(name=name, image_paths=paths, captions=[caps[i] for i in order],
-                          image_ids=[str(i) for i in order])
+    ds = CaptionDataset(name=name, image_paths=paths, captions=[caps[i] for i in order],
+                        image_ids=[str(i) for i in order])
+    return drop_unreadable(ds, on_bad_image, annotations)
 
 
 def load_coco_instances(name: str, annotations: str | Path, images: str | Path,
-                        max_images: int | None = None) -> LabelledDataset:
+                        max_images: int | None = None, on_bad_image: str = "error") -> LabelledDataset:
     """Official COCO instances file (instances_val2017.json style) -> multi-label LabelledDataset.
 
     labels[i, c] = 1 when image i has at least one object of category c (uint8 [N, C]); classes are
     the category names ordered by category id. Images are ordered by image id. Images without any
     object annotation are dropped (COCO val2017 has 48 of them). Categories are kept even when no
-    selected image has them, so the columns are the same for every split.
+    selected image has them, so the columns are the same for every split. file_name as for captions.
     """
     annotations, images = Path(annotations), Path(images)
     expected = ("an official COCO instances file (a JSON object with 'images' [{'id', 'file_name'}], "
                 "'annotations' [{'image_id', 'category_id'}] and 'categories' [{'id', 'name'}], like "
                 "instances_val2017.json)")
-    obj, by_id, anns = _official(annotations, expected, ("image_id", "category_id"), "categories")
+    obj, by_id, anns = _official(annotations, images, expected, ("image_id", "category_id"), "categories")
     cats = _require_list_of_dicts(annotations, obj, "categories", ("id", "name"), expected)
     if not cats:
         raise DataError(f"{annotations}: 'categories' is empty; expected {expected}")
@@ -271,8 +313,9 @@ def load_coco_instances(name: str, annotations: str | Path, images: str | Path,
     labels = np.zeros((len(order), len(cats)), dtype=np.uint8)
     for r, image_id in enumerate(order):
         labels[r, sorted(present[image_id])] = 1
-    paths = [images / str(by_id[i]["file_name"]) for i in order]
+    paths = [images / str(by_id[i]["file_name"]) for i in order]  # checked by _official
     check_images_exist(paths, images, annotations, ": it should be the folder that holds the image files, "
                        "e.g. val2017/")
-    return LabelledDataset(name=name, image_paths=paths, labels=labels,
-                           class_names=[str(c["name"]) for c in cats], multilabel=True)
+    ds = LabelledDataset(name=name, image_paths=paths, labels=labels,
+                         class_names=[str(c["name"]) for c in cats], multilabel=True)
+    return drop_unreadable(ds, on_bad_image, annotations)

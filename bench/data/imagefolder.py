@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.data.base import LabelledDataset
+from bench.data.base import LabelledDataset, drop_unreadable
 from bench.errors import DataError
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -26,7 +26,7 @@ def _normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:
 
 
 def load_imagefolder(name: str, root: str | Path, max_images: int | None = None,
-                     extensions: Iterable[str] | None = None) -> LabelledDataset:
+                     extensions: Iterable[str] | None = None, on_bad_image: str = "error") -> LabelledDataset:
     """root/<class>/**/<image> -> single-label LabelledDataset (labels int64 [N]).
 
     Classes are the non-hidden sub-folders of root, sorted by name; a class folder without images
@@ -34,6 +34,9 @@ def load_imagefolder(name: str, root: str | Path, max_images: int | None = None,
     recursively, matched by extension (case-insensitive) and sorted by relative path. max_images
     keeps a deterministic class-balanced subset: images are taken round-robin over the classes
     (the first of each class, then the second of each, ...), and the subset stays sorted by path.
+    Linked sub-folders are followed, each real folder once per class (a link loop would otherwise
+    list the same images again and again). With on_bad_image 'skip', images that cannot be decoded are
+    dropped with their labels after max_images is applied.
     """
     root = Path(root)
     exts = _normalise_extensions(extensions)
@@ -50,7 +53,13 @@ def load_imagefolder(name: str, root: str | Path, max_images: int | None = None,
     per_class: list[list[str]] = []
     for cls in classes:
         found = []
+        seen: set[str] = set()  # real paths of the folders walked for this class
         for dirpath, dirnames, filenames in os.walk(root / cls, followlinks=True):
+            real = os.path.realpath(dirpath)
+            if real in seen:
+                dirnames[:] = []
+                continue
+            seen.add(real)
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel_dir = Path(dirpath).relative_to(root).as_posix()
             found += [f"{rel_dir}/{f}" for f in filenames
@@ -73,10 +82,11 @@ def load_imagefolder(name: str, root: str | Path, max_images: int | None = None,
             keep = {rel for _, _, rel in ranked[:max_images]}
             records = [(rel, label) for rel, label in records if rel in keep]
     records.sort(key=lambda r: r[0])
-    return LabelledDataset(
+    ds = LabelledDataset(
         name=name,
         image_paths=[root / rel for rel, _ in records],
         labels=np.array([label for _, label in records], dtype=np.int64),
         class_names=classes,
         multilabel=False,
     )
+    return drop_unreadable(ds, on_bad_image, root)

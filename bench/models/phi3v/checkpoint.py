@@ -15,6 +15,7 @@ from typing import Any
 from safetensors import SafetensorError
 
 from bench.errors import ModelError
+from bench.paths import check_relative
 
 VISION_PREFIX = "model.vision_embed_tokens."
 INDEX = "model.safetensors.index.json"
@@ -75,7 +76,12 @@ class Phi3VCheckpoint:
             weight_map = data.get("weight_map")
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ModelError(f"{index} has no weight_map (the index is corrupt; re-download it)")
-            return {str(k): str(v) for k, v in weight_map.items()}
+            # Shard names must stay inside the checkpoint folder (no absolute path, no '..'): checked
+            # for every entry now, before any file is opened.
+            fix = "the index is corrupt or was tampered with; re-download it"
+            return {str(k): check_relative(v, f"{index}: weight_map entry {str(k)!r} -> shard", self.folder,
+                                           ModelError, fix)
+                    for k, v in weight_map.items()}
         single = self.folder / SINGLE
         if single.is_file():
             from safetensors import safe_open
