@@ -1,4 +1,5 @@
-"""Command line: argument parsing only. Every BenchError becomes one line on stderr and exit 2."""
+"""Command line: argument parsing only. Every BenchError (and an OS error on a user's output path or
+disk) becomes one line on stderr and exit 2."""
 
 from __future__ import annotations
 
@@ -147,6 +148,16 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as e:
         print(f"bench: error: {e}", file=sys.stderr)
         return e.exit_code
+    except Exception as e:
+        # Safety net: an OS error on a path or disk the user chose (read-only, full, a file in the way)
+        # that no check caught is still one line and exit 2. Anything else keeps its traceback.
+        from bench.outputs import os_error_line
+
+        line = os_error_line(e)
+        if line is None:
+            raise
+        print(f"bench: error: {line}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("bench: interrupted (finished embeddings are kept in the cache)", file=sys.stderr)
         return 130

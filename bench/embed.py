@@ -12,7 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from bench.errors import BenchError, CapabilityError, DataError
+from bench.errors import BenchError, CapabilityError, DataError, OutputError
+from bench.outputs import check_writable_dir, output_error
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -31,15 +32,21 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
                  template: str | None = None, device: str = "auto", dtype: str = "float32", batch_size: int = 8,
                  num_workers: int = 1) -> Path:
     import torch
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from bench import registry
-    from bench.embedders.base import RuntimeOptions
+    from bench.embedders.base import RuntimeOptions, check_finite
     from bench.environment import resolve_device
     from bench.loader import image_batches
 
     if output.suffix != ".safetensors":
         raise BenchError(f"--output must end in .safetensors (got {output})")
+    if output.is_dir():
+        raise OutputError(f"--output {output} is a folder; name a file in it, e.g. "
+                          f"{output / 'embeddings.safetensors'}")
+    # Before the model loads: a read-only, full or mistyped folder fails now, not after the embedding.
+    check_writable_dir(output.parent, "--output folder", "choose an --output path in a folder you can write to")
     params: dict = {"model": model, "revision": revision}
     if num_crops is not None:
         params["num_crops"] = num_crops
@@ -55,7 +62,7 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
     if texts is not None:
         if not texts.is_file():
             raise DataError(f"--texts: file not found: {texts}")
-        lines = [ln.rstrip("\n") for ln in texts.read_text().splitlines()]
+        lines = read_text_lines(texts)
     dev = resolve_device(device)
     cls = registry.resolve("embedder", kind)
     emb = cls(runtime=RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size), **params)
@@ -65,25 +72,49 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
     tensors: dict[str, torch.Tensor] = {}
     i = 0
     for batch in image_batches(emb, files, batch_size, num_workers):
-        out = emb.embed_image_batch(batch)
+        out = check_finite(emb.embed_image_batch(batch), kind, lambda j, at=i: f"image {files[at + j]}",
+                           f"--images {images}", dtype)
         for vec in out:
             tensors[files[i].relative_to(images).as_posix()] = vec.detach().float().contiguous().clone()
             i += 1
     if lines is not None:
         vecs = emb.embed_texts(lines) if lines else torch.empty(0)
+        check_finite(vecs, kind, lambda j: f"line {j + 1}", f"--texts {texts}", dtype)
         for n, vec in enumerate(vecs):
             tensors[f"text:{n}"] = vec.float().contiguous().clone()
     meta = {"embedder": kind, "model": str(model), "fingerprint": json.dumps(emb.fingerprint(), default=str),
             "num_images": str(len(files))}
     if lines is not None:
         meta["texts"] = json.dumps(lines)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=".tmp-", suffix=".safetensors")
+        os.close(fd)
+    except OSError as e:
+        raise output_error(output, e) from None
     try:
         save_file(tensors, tmp, metadata=meta)
         os.replace(tmp, output)
+    except (OSError, SafetensorError) as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise output_error(output, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return output
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a leading BOM dropped); DataError naming the first bad byte."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"--texts: cannot read {path}: {e.strerror or e}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"--texts {path} is not UTF-8 text: byte 0x{data[e.start]:02x} at byte offset {e.start} "
+                        f"(line {line}) is not valid UTF-8; save the file as UTF-8 (e.g. `iconv -f latin1 "
+                        f"-t utf-8`)") from None
+    return text.removeprefix("\ufeff").splitlines()

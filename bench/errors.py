@@ -38,3 +38,7 @@ def unknown_name(kind: str, value: str, allowed: Iterable[str]) -> str:
     """Standard message for an unknown registry name."""
     allowed = sorted(allowed)
     return f"unknown {kind} '{value}'{did_you_mean(value, allowed)} known: {', '.join(allowed)}"
+
+
+class OutputError(BenchError):
+    """An output folder or file (output_dir, cache_dir, --out, --output) cannot be written."""

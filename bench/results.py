@@ -110,19 +110,37 @@ os.umask(_UMASK)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text through a temporary file and a rename, so a killed run leaves no half file."""
+    """Write text through a temporary file and a rename, so a killed run leaves no half file.
+
+    An OS error (read-only folder, a file in the way, full disk) is an OutputError naming `path`,
+    and the temporary file is removed.
+    """
+    from bench.outputs import output_error
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise output_error(path, e) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results and reports are meant to be shared
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        # errors="replace": a stray lone surrogate in some label must not lose a finished run's report.
+        _write_all(fd, text.encode("utf-8", errors="replace"))
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise output_error(path, e) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte to `fd` and close it (closed on failure too)."""
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:

@@ -20,7 +20,8 @@ from typing import Any
 from bench import registry
 from bench.cache import EmbeddingCache, cache_key
 from bench.config import Config, check_paths, resolved_dict
-from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
+from bench.embedders.base import Embedder, RuntimeOptions, check_finite, resolve_torch_dtype
+from bench.outputs import check_run_outputs
 from bench.results import Metric, RunResult, write_json_atomic
 
 
@@ -127,10 +128,14 @@ class EmbedderRun:
         rt = self.ctx.cfg.runtime
 
         def compute(start: int, stop: int, bar):
-            out = []
+            out, done = [], start
             for batch in image_batches(self.embedder, ds.image_paths[start:stop], rt.batch_size, rt.num_workers,
                                        pin_memory=self.ctx.device.startswith("cuda")):
                 e = self.embedder.embed_image_batch(batch)
+                # Before the cache or a score sees them: NaN/Inf vectors are the model's fault, named here.
+                check_finite(e, self.label, lambda i, at=done: f"image {ds.image_paths[at + i]}",
+                             f"dataset '{ds_name}'", rt.dtype)
+                done += len(e)
                 out.append(e)
                 bar.update(len(e))
             return torch.cat(out)
@@ -139,7 +144,7 @@ class EmbedderRun:
 
     def text_embeddings(self, ds_name: str):
         ds = self.ctx.dataset(ds_name)
-        texts, _ = ds.flat_captions()
+        texts, owner = ds.flat_captions()
         step = max(self.ctx.cfg.runtime.batch_size * 4, 32)
 
         def compute(start: int, stop: int, bar):
@@ -148,6 +153,8 @@ class EmbedderRun:
             out = []
             for s in range(start, stop, step):
                 e = self.embedder.embed_texts(texts[s:min(s + step, stop)])
+                check_finite(e, self.label, lambda i, at=s: f"a caption of image {ds.image_paths[owner[at + i]]}",
+                             f"dataset '{ds_name}'", self.ctx.cfg.runtime.dtype)
                 out.append(e)
                 bar.update(len(e))
             return torch.cat(out)
@@ -186,6 +193,8 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     device = resolve_device(rt.device)
     # The embedders' dtype rule, checked once before any output or loading.
     resolve_torch_dtype("", RuntimeOptions(device=device, dtype=rt.dtype))
+    # Output folders too: a read-only, full or mistyped folder fails now, not after the embedding.
+    check_run_outputs(cfg.output_dir, cfg.cache_dir, out_dir, use_cache)
     ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress)
     # Every dataset a task uses loads, and fits its tasks, before any output is written.
     from bench.tasks import check_tasks_against_data

@@ -112,8 +112,14 @@ def run_zeroshot(run: EmbedderRun, task) -> list[Metric]:
                    f"'{run.embedder.kind}' embeds images only: it cannot embed class-name prompts")
     names = [(task.class_names or {}).get(c, c).replace("_", " ") for c in ds.class_names]
     templates = task.templates or DEFAULT_TEMPLATES
+    def embed_prompts(prompts: list[str]):
+        from bench.embedders.base import check_finite
+
+        return check_finite(run.embedder.embed_texts(prompts), run.label, lambda i: f"prompt {prompts[i]!r}",
+                            f"the zero-shot prompts of dataset '{task.dataset}'", run.ctx.cfg.runtime.dtype)
+
     with run.timed(f"zeroshot/{task.dataset}"):
-        class_emb = class_text_embeddings(run.embedder.embed_texts, names, templates)
+        class_emb = class_text_embeddings(embed_prompts, names, templates)
         scores = zeroshot_classify(run.image_embeddings(task.dataset), class_emb, ds.labels,
                                    multilabel=ds.multilabel)
     run.detail(f"zeroshot/{task.dataset}", {"class_names": ds.class_names, "templates": list(templates),

@@ -8,6 +8,7 @@ and removes the ones that fail, each together with its captions or labels (`subs
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class CaptionDataset:
@@ -29,6 +31,21 @@ class CaptionDataset:
     skipped: list[str] = field(default_factory=list)  # unreadable images dropped (on_bad_image: skip)
     skipped_captions: int = 0
     duplicates_dropped: int = 0
+
+    def __post_init__(self) -> None:
+        # A lone surrogate ("\ud800" is valid JSON) cannot be encoded as UTF-8: tokenizers, hashes and
+        # reports would fail on it far from the file. Replace it with U+FFFD here, once, and say where.
+        fixed, first = 0, None
+        for i, caps in enumerate(self.captions):
+            for j, text in enumerate(caps):
+                clean = replace_surrogates(text)
+                if clean is not text:
+                    caps[j] = clean
+                    fixed += 1
+                    first = first or self.image_paths[i]
+        if fixed:
+            log.warning("dataset '%s': %d caption(s) hold lone UTF-16 surrogates (invalid Unicode), replaced "
+                        "with U+FFFD; first in a caption of image %s", self.name, fixed, first)
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -68,6 +85,15 @@ class LabelledDataset:
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)  # unreadable images dropped (on_bad_image: skip)
 
+    def __post_init__(self) -> None:
+        # Class names become prompts and report labels: same rule as captions (a folder name that is not
+        # UTF-8 arrives here with surrogate escapes).
+        clean = [replace_surrogates(c) for c in self.class_names]
+        if any(a is not b for a, b in zip(clean, self.class_names)):
+            log.warning("dataset '%s': class names hold invalid Unicode (lone surrogates), replaced with "
+                        "U+FFFD", self.name)
+            self.class_names = clean
+
     def __len__(self) -> int:
         return len(self.image_paths)
 
@@ -89,6 +115,15 @@ class LabelledDataset:
                        notes=list(self.notes), skipped=list(self.skipped))
 
 
+def replace_surrogates(text: str) -> str:
+    """`text` itself when it is valid Unicode, else a copy with each lone surrogate replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in text)
+
+
 def fingerprint_records(paths: list[Path], extra: list[str]) -> str:
     """Hash of the image files (name, size, mtime-free content proxy) and the annotations.
 
@@ -98,7 +133,7 @@ def fingerprint_records(paths: list[Path], extra: list[str]) -> str:
     h = hashlib.sha256()
     for p in paths:
         p = Path(p)
-        h.update(p.name.encode())
+        h.update(os.fsencode(p.name))  # the name's bytes on disk, also when they are not UTF-8
         try:
             st = os.stat(p)
             h.update(str(st.st_size).encode())

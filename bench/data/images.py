@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from pathlib import Path
 
 from bench.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def load_image(path: str | Path):
@@ -16,9 +21,22 @@ def load_image(path: str | Path):
 
     path = Path(path)
     try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                rgb = to_rgb(im)
+        for w in caught:  # PIL's bomb warning does not say which image: say it; pass the others on
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                log.warning("image %s is very large (%s); decoding it anyway", path, w.message)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        return rgb
+    except Image.DecompressionBombError as e:
+        px, limit = (re.findall(r"(\d+) pixels", str(e)) + ["?", "?"])[:2]
+        raise DataError(f"image {path} has {px} pixels, over the limit of {limit} pixels that guards against "
+                        "decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2): resize the image (the embedders "
+                        "use a few megapixels at most) or remove it from the dataset") from None
     except FileNotFoundError:
         raise DataError(f"image not found: {path} (check the dataset's 'images' folder in the config)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

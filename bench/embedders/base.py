@@ -15,6 +15,7 @@ settings, pooling, dtype. The cache keys embeddings on it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,3 +111,30 @@ class Embedder(ABC):
     def embed_texts(self, texts: list[str]) -> Any:
         """Texts -> float32 CPU tensor [N, dim], L2-normalized. Batches internally."""
         raise CapabilityError(f"embedder '{self.kind}' is image-only: it cannot embed text")
+
+
+def check_finite(vectors: Any, embedder: str, name_of: Callable[[int], str], where: str,
+                 dtype: str = "float32") -> Any:
+    """Return `vectors` (a tensor [N, ...] or a list of N tensors) when every value is finite; else a
+    ModelError naming the embedder, the first bad item (`name_of(row)`) and `where` (e.g. "dataset 'caps'").
+
+    Checked where embeddings are computed, so NaN/Inf never reach the cache, a score or a file.
+    """
+    import torch
+
+    from bench.errors import ModelError
+
+    rows = list(vectors) if isinstance(vectors, (list, tuple)) else None
+    if rows is None:
+        if vectors.numel() == 0 or bool(torch.isfinite(vectors).all()):
+            return vectors
+        bad = (~torch.isfinite(vectors.reshape(len(vectors), -1))).any(dim=1).tolist()
+    else:
+        bad = [not bool(torch.isfinite(r).all()) for r in rows]
+        if not any(bad):
+            return vectors
+    first = bad.index(True)
+    why = (f"runtime dtype {dtype} may overflow: try float32" if dtype != "float32" else
+           "the checkpoint's weights may hold NaN/Inf (corrupt or badly trained): check or re-download them")
+    raise ModelError(f"embedder '{embedder}' produced NaN/Inf values for {name_of(first)} of {where} "
+                     f"({sum(bad)} of {len(bad)} in its batch); {why}")

@@ -14,13 +14,14 @@ from typing import Any
 
 from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
 from bench.errors import ConfigError, ModelError
-from bench.models.hub import hash_model_files, resolve_model_dir
+from bench.models.hub import (PICKLE_WEIGHTS, check_safetensors_files, hash_model_files, pickle_only_error,
+                              resolve_model_dir)
 from bench.models.preprocess import load_clip_preprocess
 
 log = logging.getLogger(__name__)
 
-_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                 "pytorch_model.bin.index.json")
+# Safetensors only: a pickle (pytorch_model.bin) is never loaded, since unpickling can run code.
+_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
 class ClipEmbedder(Embedder):
@@ -58,16 +59,21 @@ class ClipEmbedder(Embedder):
             raise ModelError(f"{path}: model_type is {cfg.get('model_type')!r}, the 'clip' embedder needs "
                              f"a full CLIP checkpoint (model_type 'clip', image and text towers)")
         if not any((self.model_dir / f).is_file() for f in _WEIGHT_FILES):
+            if any((self.model_dir / f).is_file() for f in PICKLE_WEIGHTS):
+                raise pickle_only_error(self.model_dir)
             raise ModelError(f"no weights in {self.model_dir}: expected one of {', '.join(_WEIGHT_FILES)} "
                              f"(an interrupted download?)")
+        check_safetensors_files(self.model_dir)
 
     def _resolve_dtype(self):
         return resolve_torch_dtype(self.kind, self.runtime)
 
     def _load_model(self):
+        from safetensors import SafetensorError
         from transformers import CLIPModel
 
         kwargs = dict(local_files_only=True, dtype=self._torch_dtype, output_loading_info=True,
+                      use_safetensors=True,  # never falls back to a pickle
                       ignore_mismatched_sizes=True)  # mismatches are reported below, as a ModelError
         from bench.models.hub import quiet_transformers
 
@@ -80,7 +86,7 @@ class ClipEmbedder(Embedder):
                     raise
                 log.warning("sdpa attention unavailable (%s); using eager attention", e)
                 model, info = CLIPModel.from_pretrained(self.model_dir, attn_implementation="eager", **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError) as e:
+        except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
             raise ModelError(f"cannot load CLIP checkpoint {self.model_dir}: {e}") from None
 
         problems = []

@@ -205,3 +205,54 @@ def quiet_transformers():
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+
+
+PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+def pickle_only_error(folder: Path) -> ModelError:
+    """The error for a checkpoint folder whose weights are only pickles (pytorch_model.bin)."""
+    src, dst = str(folder / "pytorch_model.bin"), str(folder / "model.safetensors")
+    return ModelError(
+        f"{folder} holds only pickle weights (pytorch_model.bin): bench loads safetensors only and never "
+        f"unpickles a checkpoint (a pickle can run code); convert them to safetensors once, where you trust the "
+        f"file: python -c \"import torch; from safetensors.torch import save_file; "
+        f"sd = torch.load({src!r}, weights_only=True); "
+        f"save_file({{k: v.contiguous().clone() for k, v in sd.items()}}, {dst!r}, metadata={{'format': 'pt'}})\" "
+        f"(sharded .bin files: load the model with transformers and save_pretrained(folder, "
+        f"safe_serialization=True)), or download the checkpoint's .safetensors files")
+
+
+def check_safetensors_files(folder: Path) -> list[Path]:
+    """Open the header of every weight file of a checkpoint (`model.safetensors`, or each shard named by
+    `model.safetensors.index.json`); a ModelError names the first truncated, corrupt or missing one.
+
+    safetensors checks that the header's offsets cover the file exactly, so a cut download fails here in
+    milliseconds, with the file's name, instead of deep inside a model loader.
+    """
+    from safetensors import SafetensorError, safe_open
+
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map")
+            names = sorted({str(v) for v in weight_map.values()})
+        except (OSError, ValueError, AttributeError) as e:
+            raise ModelError(f"{index} is incomplete or corrupt ({e}); re-download it") from None
+        # Names only, not resolved: a hub cache's snapshot files are symlinks into its blobs/ folder.
+        escaping = [n for n in names if Path(n).is_absolute() or ".." in Path(n).parts]
+        if escaping:
+            raise ModelError(f"{index} names a weight file outside the checkpoint folder: {escaping[0]!r} "
+                             f"(refused; the index is corrupt or crafted)")
+        files = [folder / n for n in names]
+    else:
+        files = [folder / "model.safetensors"]
+    for f in files:
+        if not f.is_file():
+            raise ModelError(f"weight file {f} is missing (an interrupted download?); re-download it")
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError, ValueError) as e:
+            raise ModelError(f"weight file {f} is incomplete or corrupt ({e}); re-download it") from None
+    return files

@@ -94,11 +94,9 @@ class Phi3VCheckpoint:
                     f"cannot read {single}: {e} (corrupt or truncated; re-download it)"
                 ) from None
         if any((self.folder / name).is_file() for name in _PICKLE):
-            raise ModelError(
-                f"{self.folder} holds only pickle weights (pytorch_model.bin), which are not loaded "
-                f"for safety: convert them to safetensors (e.g. load with transformers and "
-                f"save_pretrained(..., safe_serialization=True)) or download the .safetensors files"
-            )
+            from bench.models.hub import pickle_only_error
+
+            raise pickle_only_error(self.folder)
         raise ModelError(
             f"no weights in {self.folder}: expected {INDEX} with its shards, or {SINGLE} "
             f"(an interrupted download?)"
