@@ -54,7 +54,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_data(args: argparse.Namespace) -> int:
-    from bench.data.synthetic import make_synthetic
+    from bench.demo.synthetic import make_synthetic
 
     make_synthetic(Path(args.out), n_train=args.train, n_val=args.val, n_test=args.test, seed=args.seed)
     print(Path(args.out))
@@ -62,8 +62,8 @@ def _cmd_make_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_make_models(args: argparse.Namespace) -> int:
-    from bench.models.phi3v.tiny import make_tiny_phi3v
-    from bench.models.tiny_clip import make_tiny_clip
+    from bench.demo.tiny_phi3v import make_tiny_phi3v
+    from bench.demo.tiny_clip import make_tiny_clip
 
     out = Path(args.out)
     make_tiny_clip(out / "clip", seed=args.seed)

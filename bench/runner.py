@@ -255,7 +255,6 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
          now: datetime, run_id: str, out_dir: Path, state: dict[str, Any]) -> Path:
     from bench.environment import capture
 
-    rt = cfg.runtime
     result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
                        config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
                        synthetic=cfg.synthetic)

@@ -92,7 +92,7 @@ def full_clip_b32() -> Path:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from bench.models.tiny_clip import make_tiny_clip
+    from bench.demo.tiny_clip import make_tiny_clip
 
     out = WORK / "clip-vit-b32-random"
     if (out / "_done").exists():

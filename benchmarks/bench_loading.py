@@ -3,7 +3,7 @@
 Checkpoint (written once under .cache/bench_loading/, reused when present): the real phi3_v layout,
 config.json as released (no `vision_config`: the built-in CLIP ViT-L/14-336 tower), preprocessor_config.json,
 bf16 safetensors shards of at most 1 GiB + model.safetensors.index.json, tensor names from the package
-(bench.models.phi3v.tiny's `vision_shapes` + `lm_shapes`, as the tiny checkpoints use, at full size):
+(bench.demo.tiny_phi3v's `vision_shapes` + `lm_shapes`, as the tiny checkpoints use, at full size):
 the full-size image side (ViT-L/14-336 + MLP projection, 0.31B parameters) and a Phi-3-mini-width
 language model (hidden 3072, intermediate 8192, vocab 32064) with enough decoder layers for >= --lm-gb
 on disk. Written shard by shard, so writing never holds more than one shard (1 GiB) in memory.
@@ -69,7 +69,7 @@ def layers_for(lm_gb: float) -> int:
 
 
 def expected_shapes(layers: int) -> dict[str, tuple[int, ...]]:
-    from bench.models.phi3v.tiny import lm_shapes, vision_shapes
+    from bench.demo.tiny_phi3v import lm_shapes, vision_shapes
 
     config = checkpoint_config(layers)
     return {**lm_shapes(config), **vision_shapes(config)}

@@ -47,7 +47,7 @@ def _shapes(config: dict) -> dict[str, tuple[int, ...]]:
     shapes = {"model." + k: tuple(v.shape)
               for k, v in build_phi3_model(phi3_config_from_dict(config)).state_dict().items()}
     shapes["lm_head.weight"] = (VOCAB, HIDDEN)
-    from bench.models.phi3v.tiny import vision_shapes
+    from bench.demo.tiny_phi3v import vision_shapes
 
     shapes.update(vision_shapes(config))  # the real key layout, from the module itself
     return shapes
@@ -58,7 +58,7 @@ def write_checkpoint(folder: Path, layers: int, seed: int = 0) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from bench.models.phi3v.tokenizer import write_tiny_tokenizer
+    from bench.demo.tiny_tokenizer import write_tiny_tokenizer
 
     folder.mkdir(parents=True, exist_ok=True)
     config = full_config(layers)

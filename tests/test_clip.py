@@ -25,7 +25,7 @@ from bench.models.preprocess import (  # noqa: E402
     clip_preprocess,
     load_clip_preprocess,
 )
-from bench.models.tiny_clip import STAMP, make_tiny_clip  # noqa: E402
+from bench.demo.tiny_clip import STAMP, make_tiny_clip  # noqa: E402
 
 TEXTS = ["a photo of a red circle", "two blue squares", "a", "zebra crossing!!",
          "a small green triangle on the left", "",
@@ -270,7 +270,7 @@ def test_tiny_clip_tokenizer_loads_from_vocab_and_merges(tiny_clip_dir, tmp_path
     text = "A photo of a red circle"
     assert tok(text)["input_ids"] == full(text)["input_ids"]
     # every word of the generator's vocabulary is one token; specials sit at the end as in real CLIP
-    from bench.models.tiny_clip import _default_words
+    from bench.demo.tiny_clip import _default_words
 
     words = _default_words()
     assert tok.convert_ids_to_tokens(tok(" ".join(words))["input_ids"]) == (
@@ -286,7 +286,7 @@ def test_bpe_words_are_single_tokens_in_the_real_tokenizer():
     """Repeated letter pairs and shared prefixes are the hard cases for a hand-built merge list."""
     from transformers import CLIPTokenizer
 
-    from bench.models.tiny_clip import build_bpe
+    from bench.demo.tiny_clip import build_bpe
 
     words = ["in", "including", "diamond", "papa", "abab", "banana", "mississippi", "a", "Zebra"]
     vocab, merges = build_bpe(words)

@@ -204,5 +204,5 @@ def test_missing_data_path_names_the_variable_to_set(tmp_path, monkeypatch):
 
     raw["datasets"]["caps"]["annotations"] = str(tmp_path / "gone.json")
     p.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ConfigError, match=rf"file not found: .*gone.json \(put the file there, or change the path in "):
+    with pytest.raises(ConfigError, match=r"file not found: .*gone.json \(put the file there, or change the path in "):
         check_paths(load_config(p))

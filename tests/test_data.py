@@ -12,7 +12,7 @@ import pytest
 
 from bench.data.coco import load_coco_captions, load_coco_instances, load_karpathy
 from bench.data.imagefolder import load_imagefolder
-from bench.data.synthetic import COLOURS, KINDS, caption_vocabulary, make_synthetic
+from bench.demo.synthetic import COLOURS, KINDS, caption_vocabulary, make_synthetic
 from bench.errors import DataError
 
 N = {"train": 48, "val": 16, "test": 24}  # what tests/conftest.py asks for

@@ -58,7 +58,7 @@ def test_tiny_layout(tiny_phi3v_dir):
 
 
 def test_tiny_is_deterministic_and_skips_when_complete(tiny_phi3v_dir, tmp_path):
-    from bench.models.phi3v.tiny import make_tiny_phi3v
+    from bench.demo.tiny_phi3v import make_tiny_phi3v
 
     again = make_tiny_phi3v(tmp_path / "a", seed=0)
     a, b = _all_tensors(again), _all_tensors(tiny_phi3v_dir)

@@ -18,7 +18,7 @@ from bench.models.phi3v.image_embedding import (
     separator_mask,
 )
 from bench.models.phi3v.processor import Phi3VImageProcessor
-from bench.models.phi3v.tiny import _value, tiny_config
+from bench.demo.tiny_phi3v import _value, tiny_config
 
 torch.set_num_threads(1)
 

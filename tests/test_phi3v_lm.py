@@ -316,7 +316,8 @@ def test_prompt_errors(tokenizer, tiny_phi3v_dir):
 
 
 def test_tiny_tokenizer_respects_vocab_size(tmp_path):
-    from bench.models.phi3v.tokenizer import load_tokenizer, write_tiny_tokenizer
+    from bench.demo.tiny_tokenizer import write_tiny_tokenizer
+    from bench.models.phi3v.tokenizer import load_tokenizer
 
     n = write_tiny_tokenizer(tmp_path / "a", ["red", "green", "blue"], vocab_size=30)
     tok = load_tokenizer(tmp_path / "a")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype

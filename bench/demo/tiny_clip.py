@@ -42,7 +42,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 def _default_words() -> list[str]:
     try:  # the synthetic dataset's captions, so every caption word is one token
-        from bench.data.synthetic import caption_vocabulary  # lazy: optional dependency
+        from bench.demo.synthetic import caption_vocabulary  # lazy: optional dependency
     except ImportError:
         return list(_FALLBACK_WORDS)
     return list(caption_vocabulary())

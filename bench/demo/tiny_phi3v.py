@@ -214,11 +214,8 @@ def make_tiny_phi3v(
         )
     )
 
-    try:
-        from bench.models.phi3v.tokenizer import write_tiny_tokenizer
-    except (ImportError, AttributeError):
-        write_tiny_tokenizer = None
-    if write_tiny_tokenizer is not None:
-        write_tiny_tokenizer(out, words)
+    from bench.demo.tiny_tokenizer import write_tiny_tokenizer
+
+    write_tiny_tokenizer(out, words)
     stamp.write_text(key)
     return out

@@ -58,7 +58,7 @@ ZEROSHOT_TEMPLATES = ("a {}", "a picture of a {}", "a drawing of a {}", "a photo
 _LARGE_R = (0.21, 0.26)
 _SMALL_R = (0.09, 0.12)
 _JPEG = dict(quality=90, optimize=False, progressive=False, subsampling=2)
-_README_HEAD = "Synthetic shapes dataset made by bench.data.synthetic"
+_README_HEAD = "Synthetic shapes dataset made by bench.demo.synthetic"
 _STAMP = "_synthetic.json"
 
 # Fixed words of the caption templates and prompts below (kept in sync by tests/test_data.py).
@@ -368,7 +368,6 @@ def make_synthetic(out_dir: str | Path, n_train: int = 200, n_val: int = 50, n_t
     """Write the synthetic dataset under out_dir (skipped when already complete with the same
     parameters) and return the paths of what it wrote (keys: root, images, karpathy, imagefolder,
     classes, readme, stamp, captions_<split>, instances_<split>)."""
-    from PIL import Image
 
     counts = {"train": n_train, "val": n_val, "test": n_test}
     for key, v in counts.items():
