@@ -267,6 +267,20 @@ def test_bootstrap_is_seeded_and_independent_of_block_size():
     assert a.as_dict()["method"] == "percentile bootstrap" and a.plus_minus == (a.high - a.low) / 2
 
 
+def _naive_resample_map(y, s, idx):
+    """mAP of a resample by loops: each drawn copy of a positive image scores the precision among
+    the drawn copies ranked at or above it (equal scores included), its own image counted once."""
+    aps = []
+    for j in range(y.shape[1]):
+        precs = []
+        for c in (c for c in idx if y[c, j]):
+            above = [d for d in idx if s[d, j] >= s[c, j] and d != c]
+            precs.append((sum(y[d, j] for d in above) + 1) / (len(above) + 1))
+        if precs:
+            aps.append(np.mean(precs))
+    return 100 * np.mean(aps)
+
+
 def test_vectorized_statistics_equal_explicit_resamples():
     rng = np.random.default_rng(9)
     n = 41
@@ -280,15 +294,51 @@ def test_vectorized_statistics_equal_explicit_resamples():
     mpc = stats.mean_per_class_stat(v, labels)(counts)
     mp = stats.map_stat(y, s)(counts)
     for r, c in enumerate(counts):
-        idx = np.repeat(np.arange(n), c)
+        idx = np.repeat(np.arange(n), c.astype(int))
         assert med[r] == np.median(v[idx])
         assert mpc[r] == pytest.approx(np.mean([v[idx][labels[idx] == k].mean() for k in np.unique(labels[idx])]))
-        assert mp[r] == pytest.approx(mean_average_precision(y[idx], s[idx])[0])
+        assert mp[r] == pytest.approx(_naive_resample_map(y, s, idx))
     assert stats.bootstrap(n, stats.map_stat(y, s)).estimate == pytest.approx(mean_average_precision(y, s)[0])
+    # a resample without duplicates (a subset): plain AP of that subset, ties included
+    sub = np.zeros((1, n))
+    sub[0, ::3] = 1
+    assert stats.map_stat(y, s)(sub)[0] == pytest.approx(mean_average_precision(y[::3], s[::3])[0])
     median_ci = stats.bootstrap_ci(v, stat="median")
     assert median_ci.estimate == np.median(v) and median_ci.low <= median_ci.high
     trimmed = stats.bootstrap_ci(v[:20], stat=lambda x: float(np.max(x)), n_resamples=50)
     assert trimmed.high == v[:20].max()
+
+
+def test_map_bootstrap_is_centred_on_the_estimate():
+    # plain AP of resamples with duplicates is biased upwards (see map_stat); this one is not
+    rng = np.random.default_rng(12)
+    y = (rng.random((600, 20)) < 0.05).astype(np.uint8)
+    s = y + 1.5 * rng.standard_normal(y.shape)
+    fn = stats.map_stat(y, s)
+    dist = np.concatenate([fn(c) for c in stats.resample_counts(600, 300, seed=0)])
+    est = mean_average_precision(y, s)[0]
+    assert abs(dist.mean() - est) < 0.25 * dist.std(), (est, dist.mean(), dist.std())
+    ci = stats.bootstrap(600, fn)
+    assert ci.low < est < ci.high
+
+
+def test_retrieval_intervals_equal_one_bootstrap_per_metric():
+    img, txt, owner = _data(13, n=25)
+    ra = retrieval_ranks(img, txt, owner)
+    rb = retrieval_ranks(img + 0.5 * np.random.default_rng(0).standard_normal(img.shape), txt, owner)
+    keys = retrieval_keys(ALL, (1, 5))
+    many = ranking.retrieval_intervals(ra, keys, n_resamples=300, seed=2)
+    pairs = ranking.retrieval_paired(ra, rb, keys, n_resamples=300, seed=2)
+    assert list(many) == keys and list(pairs) == keys
+    for k in keys:
+        stat = ranking.parse_key(k)[1].stat
+        one = stats.bootstrap_ci(per_query(ra, k), stat=stat, n_resamples=300, seed=2)
+        assert (many[k].estimate, many[k].low, many[k].high) == pytest.approx((one.estimate, one.low, one.high))
+        assert many[k].estimate == retrieval_scores(ra, [k])[k]
+        p = stats.paired_bootstrap(per_query(ra, k), per_query(rb, k), stat=stat, n_resamples=300, seed=2)
+        assert (pairs[k].diff, pairs[k].low, pairs[k].high) == pytest.approx((p.diff, p.low, p.high))
+    with pytest.raises(ValueError, match="same images"):
+        ranking.retrieval_paired(ra, retrieval_ranks(img, txt[:-1], owner[:-1]), keys)
 
 
 def test_bootstrap_input_errors():

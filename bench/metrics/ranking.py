@@ -138,6 +138,45 @@ def retrieval_scores(ranks: Any, keys: Any) -> dict[str, float]:
     return {key: stat_value(per_query(ranks, key), parse_key(key)[1].stat) for key in keys}
 
 
+def _by_direction(keys: Any) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for key in keys:
+        groups.setdefault(parse_key(key)[0], []).append(key)
+    return groups
+
+
+def retrieval_intervals(ranks: Any, keys: Any, **bootstrap_kw: Any) -> dict:
+    """{key: stats.Interval} for every key; the queries of one direction share their resamples
+    (`n_resamples`, `seed`, `level` as in `stats.bootstrap_many`)."""
+    from bench.metrics import stats
+
+    out = {}
+    for group in _by_direction(keys).values():
+        values = {k: per_query(ranks, k) for k in group}
+        fns = {k: stats.stat_fn(v, parse_key(k)[1].stat) for k, v in values.items()}
+        est = {k: stat_value(v, parse_key(k)[1].stat) for k, v in values.items()}
+        out.update(stats.bootstrap_many(len(next(iter(values.values()))), fns, estimates=est, **bootstrap_kw))
+    return {k: out[k] for k in keys}
+
+
+def retrieval_paired(ranks_a: Any, ranks_b: Any, keys: Any, **bootstrap_kw: Any) -> dict:
+    """{key: stats.PairedInterval of a - b}: two embedders' ranks on the same images and captions."""
+    from bench.metrics import stats
+
+    if not np.array_equal(np.asarray(ranks_a.text_to_image), np.asarray(ranks_b.text_to_image)) or \
+            ranks_a.n_images != ranks_b.n_images:
+        raise ValueError("paired retrieval needs the same images and captions for both embedders")
+    out = {}
+    for group in _by_direction(keys).values():
+        pairs = {}
+        for k in group:
+            stat = parse_key(k)[1].stat
+            pairs[k] = (stats.stat_fn(per_query(ranks_a, k), stat), stats.stat_fn(per_query(ranks_b, k), stat))
+        n = len(per_query(ranks_a, group[0]))
+        out.update(stats.paired_many(n, pairs, **bootstrap_kw))
+    return {k: out[k] for k in keys}
+
+
 def _survival(gallery: int, n: int) -> np.ndarray:
     """S[r], r = 0..gallery: probability that none of n correct items (of `gallery`) is in the top r
     of a uniformly random ranking, C(gallery - n, r) / C(gallery, r) (hypergeometric)."""

@@ -16,8 +16,9 @@ the finite test set, with the embeddings held fixed.
 - Per-query values (see `bench.metrics.ranking`): retrieval hit@k indicators, reciprocal ranks,
   per-query nDCG, per-query true recall, first-correct ranks (median); top-1/top-5: correct flags;
   mean per-class recall: correct flags + labels (`mean_per_class_stat`); mAP: the test images are
-  resampled and AP recomputed per class on every resample (`map_stat`), not the 80 class APs: the
-  uncertainty of interest is the finite image set, and resampling images keeps the pairing.
+  resampled and AP recomputed per class on every resample (`map_stat`, with each image counted once
+  in its own precision: see there), not the 80 class APs: the uncertainty of interest is the finite
+  image set, and resampling images keeps the pairing between embedders.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def _check(n: int, n_resamples: int, level: float) -> None:
 
 def resample_counts(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                     max_elements: int = MAX_BLOCK_ELEMENTS) -> Iterator[np.ndarray]:
-    """Blocks of multiplicities [b, n] (int64, rows sum to n), n_resamples rows in all (see the
-    module docstring for why the result does not depend on `max_elements`)."""
+    """Blocks of multiplicities [b, n] (float64 holding integers, rows sum to n: ready for matrix
+    products), n_resamples rows in all (see the module docstring for why the result does not depend
+    on `max_elements`)."""
     rng = np.random.default_rng(seed)
     block = max(1, min(n_resamples, max_elements // max(n, 1)))
     for start in range(0, n_resamples, block):
@@ -119,7 +121,7 @@ def resample_counts(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DE
         # into differently sized blocks would change them.
         idx = np.minimum((rng.random((b, n)) * n).astype(np.int64), n - 1)
         idx += np.arange(b, dtype=np.int64)[:, None] * n
-        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n)
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
 
 
 def _values(x: Any, name: str) -> np.ndarray:
@@ -155,7 +157,7 @@ def median_stat(values: Any) -> StatFn:
 def _callable_stat(values: Any, stat: Callable[[np.ndarray], float]) -> StatFn:
     v = _values(values, "values")
     # Generic statistics see the resample itself (slow: one call per resample).
-    return lambda counts: np.array([float(stat(np.repeat(v, c))) for c in counts])
+    return lambda counts: np.array([float(stat(np.repeat(v, c.astype(np.int64)))) for c in counts])
 
 
 def stat_fn(values: Any, stat: Any = "mean") -> StatFn:
@@ -185,7 +187,7 @@ def _distribution(n: int, fns: list[StatFn], n_resamples: int, seed: int,
 
 
 def _point(n: int, fn: StatFn) -> float:
-    return float(fn(np.ones((1, n), dtype=np.int64))[0])
+    return float(fn(np.ones((1, n)))[0])
 
 
 def bootstrap(n: int, fn: StatFn, *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
@@ -208,6 +210,33 @@ def paired(n: int, fn_a: StatFn, fn_b: StatFn, *, n_resamples: int = DEFAULT_RES
     diff = _point(n, fn_a) - _point(n, fn_b)
     return PairedInterval(diff, *_quantiles(da - db, level), level=level, n_resamples=int(n_resamples),
                           seed=seed)
+
+
+def bootstrap_many(n: int, fns: dict[str, StatFn], *, estimates: dict[str, float] | None = None,
+                   n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL,
+                   max_elements: int = MAX_BLOCK_ELEMENTS) -> dict[str, Interval]:
+    """`bootstrap` of several statistics of the same n queries, drawing the resamples once: the
+    same numbers as one `bootstrap` call each (same seed, same resamples), in less time."""
+    _check(n, n_resamples, level)
+    dists = _distribution(n, list(fns.values()), n_resamples, seed, max_elements)
+    est = estimates or {}
+    return {name: Interval(float(est[name]) if name in est else _point(n, fn), *_quantiles(d, level),
+                           level=level, n_resamples=int(n_resamples), seed=seed)
+            for (name, fn), d in zip(fns.items(), dists)}
+
+
+def paired_many(n: int, pairs: dict[str, tuple[StatFn, StatFn]], *, n_resamples: int = DEFAULT_RESAMPLES,
+                seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL,
+                max_elements: int = MAX_BLOCK_ELEMENTS) -> dict[str, PairedInterval]:
+    """`paired` for several statistics of the same n queries, resamples drawn once."""
+    _check(n, n_resamples, level)
+    flat = [fn for pair in pairs.values() for fn in pair]
+    dists = _distribution(n, flat, n_resamples, seed, max_elements)
+    out = {}
+    for i, (name, (fa, fb)) in enumerate(pairs.items()):
+        out[name] = PairedInterval(_point(n, fa) - _point(n, fb), *_quantiles(dists[2 * i] - dists[2 * i + 1], level),
+                                   level=level, n_resamples=int(n_resamples), seed=seed)
+    return out
 
 
 def bootstrap_ci(per_query_values: Any, stat: Any = "mean", n_resamples: int = DEFAULT_RESAMPLES,
@@ -251,7 +280,7 @@ def mean_per_class_stat(values: Any, labels: Any) -> StatFn:
     vs = v[order]
 
     def fn(counts: np.ndarray) -> np.ndarray:
-        c = counts[:, order].astype(np.float64)
+        c = counts[:, order]
         tot = np.add.reduceat(c, starts, axis=1)
         hit = np.add.reduceat(c * vs, starts, axis=1)
         present = tot > 0
@@ -261,10 +290,19 @@ def mean_per_class_stat(values: Any, labels: Any) -> StatFn:
 
 
 def map_stat(labels: Any, scores: Any) -> StatFn:
-    """Macro mAP in percent of a resample of the test images: per class, AP as
-    `zeroshot.average_precision` (step-wise, samples with equal scores enter together; a drawn
-    duplicate is a tie with itself), averaged over the classes with a positive in the resample
-    (as `mean_average_precision` over the test set). labels 0/1 [n, C], scores [n, C]."""
+    """Macro mAP in percent of a resample of the test images, averaged over the classes with a
+    positive in the resample (as `mean_average_precision` over the test set); labels 0/1 [n, C],
+    scores [n, C]. On the test set itself (every count 1) it is exactly `mean_average_precision`.
+
+    AP of a resample: the mean, over the drawn copies of positive images, of the precision at that
+    copy, where every image counts ONCE in its own precision: with w copies of image i and TP / SEEN
+    the drawn positives / images ranked at or above i (its tied-score group included, as in
+    `zeroshot.average_precision`), precision = (TP - w + 1) / (SEEN - w + 1). Plain AP of the
+    resample would also rank each duplicated positive above its own copies, a pairing no new test
+    set has, and is biased upwards: at mAP 9 (1,000 images, 80 classes, 4% positives) its bootstrap
+    mean was 1.0 point above the estimate, more than the 0.7 spread, and the 95% interval missed the
+    estimate; without those self-pairs the bootstrap mean is within 0.05 of the estimate and the
+    spread matches that of fresh test sets from the same distribution (measured, 3 draws)."""
     y = np.asarray(labels)
     s = np.asarray(scores, dtype=np.float64)
     if y.ndim != 2 or y.shape != s.shape:
@@ -279,23 +317,22 @@ def map_stat(labels: Any, scores: Any) -> StatFn:
         group = np.cumsum(new_group)  # tied-score group of each sorted sample
         last = np.flatnonzero(np.r_[new_group[1:], True])  # last sorted index of each group
         pos_idx = np.flatnonzero(ys)
-        pos_groups, first_in = np.unique(group[pos_idx], return_index=True)
-        last_pos = np.r_[first_in[1:], len(pos_idx)] - 1  # each group's last positive (in pos_idx)
-        per_class.append((order, last[pos_groups], order[pos_idx], last_pos))
+        # for every positive: the end of its group, and the last positive of its group (in pos_idx)
+        last_pos_of = np.searchsorted(group[pos_idx], group[pos_idx], side="right") - 1
+        per_class.append((order, last[group[pos_idx]], order[pos_idx], last_pos_of))
     if not per_class:
         raise ValueError("mAP needs at least one class with a positive test image")
 
     def fn(counts: np.ndarray) -> np.ndarray:
         total = np.zeros(len(counts))
         present = np.zeros(len(counts))
-        for order, group_end, pos_samples, last_pos in per_class:
-            # Only groups holding a positive add to AP (step-wise: precision at the group's end,
-            # times the recall it adds); all in weighted counts, a drawn duplicate adds its weight.
-            seen = np.cumsum(counts[:, order], axis=1)[:, group_end]
-            tp = np.cumsum(counts[:, pos_samples], axis=1)[:, last_pos].astype(np.float64)
-            n_pos = tp[:, -1]
-            dtp = np.diff(tp, axis=1, prepend=0.0)
-            ap = (dtp * tp / np.maximum(seen, 1)).sum(1) / np.maximum(n_pos, 1.0)
+        for order, pos_end, pos_samples, last_pos_of in per_class:
+            seen = np.cumsum(counts[:, order], axis=1)[:, pos_end]  # [b, positives]
+            w = counts[:, pos_samples]
+            tp = np.cumsum(w, axis=1)[:, last_pos_of]
+            prec = (tp - w + 1.0) / (seen - w + 1.0)
+            n_pos = w.sum(1)
+            ap = (w * prec).sum(1) / np.maximum(n_pos, 1.0)
             total += np.where(n_pos > 0, ap, 0.0)
             present += n_pos > 0
         return 100.0 * total / np.maximum(present, 1.0)
