@@ -24,7 +24,8 @@ def _data(seed, n=14, d=6, ties=False, empty=True):
         counts[2] = 0  # an image without captions: no i2t query, still a t2i negative
     owner = rng.permutation(np.repeat(np.arange(n), counts))
     if ties:  # small integers: many exactly equal scores
-        return rng.integers(-1, 2, (n, 3)).astype(float), rng.integers(-1, 2, (len(owner), 3)).astype(float), owner
+        img, txt = rng.integers(-1, 2, (n, 3)), rng.integers(-1, 2, (len(owner), 3))
+        return img.astype(float), txt.astype(float), owner
     img = rng.standard_normal((n, d))
     return img, img[owner] + 1.5 * rng.standard_normal((len(owner), d)), owner
 
@@ -158,7 +159,27 @@ def test_expected_ap_matches_simulation():
     assert expected_ap(1, 1) == 1.0 and expected_ap(5000, 50) == pytest.approx(0.0116, abs=5e-5)
     labels = np.zeros((20, 3), dtype=int)
     labels[:4, 0], labels[:15, 1] = 1, 1  # class 2 has no positive: left out
-    assert classification_chance("mAP", 3, labels) == pytest.approx(50 * (expected_ap(20, 4) + expected_ap(20, 15)))
+    want = 50 * (expected_ap(20, 4) + expected_ap(20, 15))
+    assert classification_chance("mAP", 3, labels) == pytest.approx(want)
+
+
+def test_classification_intervals_estimates_and_pairing():
+    rng = np.random.default_rng(14)
+    labels = rng.integers(0, 6, 300)
+    good = rng.standard_normal((300, 6)) + 2.0 * np.eye(6)[labels]
+    bad = rng.standard_normal((300, 6)) + 0.5 * np.eye(6)[labels]
+    ra, rb = class_ranks(good, labels)[0], class_ranks(bad, labels)[0]
+    ci = ranking.classification_intervals(ra, labels, 6, n_resamples=300)
+    ref = topk_metrics(good, labels)
+    for k in ranking.CLASSIFICATION_KEYS:
+        assert ci[k].estimate == pytest.approx(ref[k]) and ci[k].low < ci[k].estimate < ci[k].high
+    p = ranking.classification_paired(ra, rb, labels, 6, n_resamples=300)
+    assert p["top1"].diff == pytest.approx(ref["top1"] - topk_metrics(bad, labels)["top1"])
+    assert p["top1"].verdict() == "a" and p["mean_per_class_recall"].verdict() == "a"
+    same = ranking.classification_paired(ra, ra, labels, 6, n_resamples=50)
+    assert not any(v.excludes_zero for v in same.values())
+    with pytest.raises(ValueError, match="mAP"):
+        ranking.classification_intervals(ra, labels, 6, keys=("mAP",))
 
 
 def test_class_ranks_agree_with_topk_metrics_and_chance():
@@ -236,7 +257,8 @@ def test_self_comparison_never_significant_and_clear_difference_is():
     assert stats.significant_regression(change, tolerance=0.5)
     assert not stats.significant_regression(change, tolerance=40.0)  # inside the tolerance
     ranks_bad, ranks_good = 100.0 - bad, 100.0 - good  # lower is better
-    assert stats.significant_regression(stats.paired_bootstrap(ranks_bad, ranks_good), 0.5, higher_is_better=False)
+    rank_change = stats.paired_bootstrap(ranks_bad, ranks_good)
+    assert stats.significant_regression(rank_change, 0.5, higher_is_better=False)
 
 
 def test_pairing_uses_the_same_resamples():
@@ -259,10 +281,11 @@ def test_bootstrap_is_seeded_and_independent_of_block_size():
     for block in (777, 777 * 13, 10**9):  # 1, 13, all resamples per block
         b = stats.bootstrap_ci(v, seed=3, max_elements=block)
         assert (b.low, b.high) == pytest.approx((a.low, a.high), rel=1e-12)
-    # the resamples are floor(u * n) of default_rng(seed).random, row by row
-    u = np.random.default_rng(3).random((2, 777))
-    first = next(stats.resample_counts(777, 2, seed=3))
-    assert (first[1] == np.bincount((u[1] * 777).astype(int), minlength=777)).all()
+    # the resamples are the rows of default_rng(seed).integers(0, n), drawn in one stream
+    idx = np.random.default_rng(3).integers(0, 777, size=(5, 777))
+    blocks = np.concatenate(list(stats.resample_counts(777, 5, seed=3, max_elements=2 * 777)))
+    assert [len(c) for c in stats.resample_counts(777, 5, seed=3, max_elements=2 * 777)] == [2, 2, 1]
+    assert (blocks == [np.bincount(i, minlength=777) for i in idx]).all()
     assert a.estimate == v.mean() and a.level == 0.95 and a.n_resamples == 1000
     assert a.as_dict()["method"] == "percentile bootstrap" and a.plus_minus == (a.high - a.low) / 2
 
@@ -296,7 +319,8 @@ def test_vectorized_statistics_equal_explicit_resamples():
     for r, c in enumerate(counts):
         idx = np.repeat(np.arange(n), c.astype(int))
         assert med[r] == np.median(v[idx])
-        assert mpc[r] == pytest.approx(np.mean([v[idx][labels[idx] == k].mean() for k in np.unique(labels[idx])]))
+        vi, li = v[idx], labels[idx]
+        assert mpc[r] == pytest.approx(np.mean([vi[li == k].mean() for k in np.unique(li)]))
         assert mp[r] == pytest.approx(_naive_resample_map(y, s, idx))
     assert stats.bootstrap(n, stats.map_stat(y, s)).estimate == pytest.approx(mean_average_precision(y, s)[0])
     # a resample without duplicates (a subset): plain AP of that subset, ties included
@@ -333,7 +357,8 @@ def test_retrieval_intervals_equal_one_bootstrap_per_metric():
     for k in keys:
         stat = ranking.parse_key(k)[1].stat
         one = stats.bootstrap_ci(per_query(ra, k), stat=stat, n_resamples=300, seed=2)
-        assert (many[k].estimate, many[k].low, many[k].high) == pytest.approx((one.estimate, one.low, one.high))
+        assert (many[k].estimate, many[k].low, many[k].high) == pytest.approx(
+            (one.estimate, one.low, one.high))
         assert many[k].estimate == retrieval_scores(ra, [k])[k]
         p = stats.paired_bootstrap(per_query(ra, k), per_query(rb, k), stat=stat, n_resamples=300, seed=2)
         assert (pairs[k].diff, pairs[k].low, pairs[k].high) == pytest.approx((p.diff, p.low, p.high))

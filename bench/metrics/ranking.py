@@ -171,7 +171,7 @@ def retrieval_paired(ranks_a: Any, ranks_b: Any, keys: Any, **bootstrap_kw: Any)
         pairs = {}
         for k in group:
             stat = parse_key(k)[1].stat
-            pairs[k] = (stats.stat_fn(per_query(ranks_a, k), stat), stats.stat_fn(per_query(ranks_b, k), stat))
+            pairs[k] = tuple(stats.stat_fn(per_query(r, k), stat) for r in (ranks_a, ranks_b))
         n = len(per_query(ranks_a, group[0]))
         out.update(stats.paired_many(n, pairs, **bootstrap_kw))
     return {k: out[k] for k in keys}
@@ -275,3 +275,43 @@ def classification_chance(key: str, num_classes: int, labels: Any = None) -> flo
     if key == "mean_per_class_recall":
         return 100.0 / num_classes
     raise ValueError(f"no chance level for classification metric {key!r}")
+
+
+def _classification_fns(true_rank: Any, labels: Any, num_classes: int, keys: Any) -> dict:
+    from bench.metrics import stats
+
+    fns = {}
+    for key in keys:
+        m = re.fullmatch(r"top([1-9][0-9]*)", key)
+        if m:
+            fns[key] = stats.mean_stat(topk_per_query(true_rank, int(m.group(1)), num_classes))
+        elif key == "mean_per_class_recall":
+            fns[key] = stats.mean_per_class_stat(topk_per_query(true_rank, 1, num_classes), labels)
+        else:
+            raise ValueError(f"no per-query values for classification metric {key!r} (mAP: stats.map_stat)")
+    return fns
+
+
+CLASSIFICATION_KEYS = ("top1", "top5", "mean_per_class_recall")
+
+
+def classification_intervals(true_rank: Any, labels: Any, num_classes: int, keys: Any = CLASSIFICATION_KEYS,
+                             **bootstrap_kw: Any) -> dict:
+    """{key: stats.Interval} for top-k / mean per-class recall from `class_ranks` (resamples of the
+    test images shared by all keys); estimates equal `zeroshot.topk_metrics`."""
+    from bench.metrics import stats
+
+    fns = _classification_fns(true_rank, labels, num_classes, keys)
+    return stats.bootstrap_many(len(np.asarray(true_rank)), fns, **bootstrap_kw)
+
+
+def classification_paired(rank_a: Any, rank_b: Any, labels: Any, num_classes: int,
+                          keys: Any = CLASSIFICATION_KEYS, **bootstrap_kw: Any) -> dict:
+    """{key: stats.PairedInterval of a - b} for two embedders on the same test images."""
+    from bench.metrics import stats
+
+    if len(np.asarray(rank_a)) != len(np.asarray(rank_b)):
+        raise ValueError("paired classification needs the same test images for both embedders")
+    fa = _classification_fns(rank_a, labels, num_classes, keys)
+    fb = _classification_fns(rank_b, labels, num_classes, keys)
+    return stats.paired_many(len(np.asarray(rank_a)), {k: (fa[k], fb[k]) for k in fa}, **bootstrap_kw)

@@ -57,7 +57,8 @@ def _class_dtype(num_classes: int):
     return np.int16 if num_classes < np.iinfo(np.int16).max else np.int32
 
 
-def classification_record(true_rank: Any, predicted: Any, labels: Any, num_classes: int, **meta: Any) -> PerQuery:
+def classification_record(true_rank: Any, predicted: Any, labels: Any, num_classes: int,
+                          **meta: Any) -> PerQuery:
     dt = _class_dtype(int(num_classes))
     arrays = {"labels": np.asarray(labels).astype(dt), "true_rank": np.asarray(true_rank).astype(dt),
               "predicted": np.asarray(predicted).astype(dt)}
@@ -70,7 +71,8 @@ def multilabel_record(labels: Any, scores: Any, **meta: Any) -> PerQuery:
     return PerQuery("multilabel", {"labels": np.asarray(labels).astype(np.uint8), "scores": s}, dict(meta))
 
 
-def save_per_query(path: str | os.PathLike, records: dict[str, PerQuery], meta: dict[str, Any] | None = None) -> int:
+def save_per_query(path: str | os.PathLike, records: dict[str, PerQuery],
+                   meta: dict[str, Any] | None = None) -> int:
     """Write the records to `path` (.npz, compressed); returns the file size in bytes. Each record is
     validated first, so an invalid one fails here rather than at the next compare."""
     out: dict[str, np.ndarray] = {"__schema__": np.array(f"{SCHEMA}/{VERSION}"),

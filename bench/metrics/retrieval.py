@@ -184,7 +184,8 @@ class RetrievalRanks:
         return int(len(self.t2i))
 
 
-def retrieval_ranks(image_emb: Any, text_emb: Any, text_to_image: Any, chunk_size: int = 1024) -> RetrievalRanks:
+def retrieval_ranks(image_emb: Any, text_emb: Any, text_to_image: Any,
+                    chunk_size: int = 1024) -> RetrievalRanks:
     """Ranks of the correct items for every query, both directions (see `RetrievalRanks`).
 
     Inputs as for `recall_at_k`; with the same `chunk_size` the scores are the same matrix products,

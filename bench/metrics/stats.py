@@ -6,8 +6,8 @@ recomputed on every resample and the interval is the (1 - level) / 2 and (1 + le
 of those values (numpy's default linear interpolation). It measures the uncertainty that comes from
 the finite test set, with the embeddings held fixed.
 
-- Seeded and deterministic: resample r draws its n indices from the r-th block of n doubles of
-  `numpy.random.default_rng(seed)` (index = floor(u * n)), so the numbers depend on (seed, n,
+- Seeded and deterministic: resample r is the r-th row of n indices drawn by
+  `numpy.random.default_rng(seed).integers(0, n)` in one stream, so the numbers depend on (seed, n,
   n_resamples) only, never on the block size used to bound memory, the machine or the thread count.
 - Vectorized: resamples are processed in blocks as multiplicity matrices `counts` [b, n] (how often
   each query is drawn); a mean is then `counts @ values / n`, one matrix product per block.
@@ -117,9 +117,8 @@ def resample_counts(n: int, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DE
     block = max(1, min(n_resamples, max_elements // max(n, 1)))
     for start in range(0, n_resamples, block):
         b = min(block, n_resamples - start)
-        # doubles, not rng.integers: integers buffers 32-bit draws per call, so splitting the draws
-        # into differently sized blocks would change them.
-        idx = np.minimum((rng.random((b, n)) * n).astype(np.int64), n - 1)
+        # one stream, consumed in order: blocks of any size give the same resamples (tested)
+        idx = rng.integers(0, n, size=(b, n), dtype=np.int64)
         idx += np.arange(b, dtype=np.int64)[:, None] * n
         yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
 
@@ -213,7 +212,8 @@ def paired(n: int, fn_a: StatFn, fn_b: StatFn, *, n_resamples: int = DEFAULT_RES
 
 
 def bootstrap_many(n: int, fns: dict[str, StatFn], *, estimates: dict[str, float] | None = None,
-                   n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, level: float = DEFAULT_LEVEL,
+                   n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                   level: float = DEFAULT_LEVEL,
                    max_elements: int = MAX_BLOCK_ELEMENTS) -> dict[str, Interval]:
     """`bootstrap` of several statistics of the same n queries, drawing the resamples once: the
     same numbers as one `bootstrap` call each (same seed, same resamples), in less time."""
@@ -234,8 +234,9 @@ def paired_many(n: int, pairs: dict[str, tuple[StatFn, StatFn]], *, n_resamples:
     dists = _distribution(n, flat, n_resamples, seed, max_elements)
     out = {}
     for i, (name, (fa, fb)) in enumerate(pairs.items()):
-        out[name] = PairedInterval(_point(n, fa) - _point(n, fb), *_quantiles(dists[2 * i] - dists[2 * i + 1], level),
-                                   level=level, n_resamples=int(n_resamples), seed=seed)
+        low, high = _quantiles(dists[2 * i] - dists[2 * i + 1], level)
+        out[name] = PairedInterval(_point(n, fa) - _point(n, fb), low, high, level=level,
+                                   n_resamples=int(n_resamples), seed=seed)
     return out
 
 
