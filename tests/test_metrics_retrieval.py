@@ -260,3 +260,16 @@ def test_ranks_validate_like_recall_at_k():
         retrieval_ranks(np.eye(2), np.eye(2), np.array([0, 2]))
     with pytest.raises(ValueError, match="chunk_size"):
         retrieval_ranks(np.eye(2), np.eye(2), np.array([0, 1]), chunk_size=0)
+
+
+def test_count_ge_numpy_and_torch_paths_agree():
+    from bench.metrics.retrieval import _count_ge
+
+    s = torch.randint(-2, 3, (7, 11)).double()  # ties
+    s[0, :3] = float("-inf")
+    for dim, thr in ((1, torch.randint(-2, 3, (7,)).double()), (0, torch.randint(-2, 3, (11,)).double())):
+        a, t = s.tolist(), thr.tolist()
+        want = ([sum(x >= t[i] for x in a[i]) for i in range(7)] if dim == 1 else
+                [sum(a[i][j] >= t[j] for i in range(7)) for j in range(11)])
+        for use_numpy in (True, False):  # numpy on CPU, torch on accelerators
+            assert _count_ge(s, thr, dim, use_numpy).tolist() == want

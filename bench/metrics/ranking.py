@@ -31,8 +31,8 @@ NDCG_PROTOCOL = (
     "nDCG@k (main score of MIEB/mteb retrieval): binary relevance, every caption of an image relevant "
     "for image->text, its one image for text->image; DCG = sum over correct items in the top k of "
     "1 / log2(1-based rank + 1), divided by the ideal DCG of min(#correct, k) items; ties counted "
-    "against the query (pytrec_eval, behind mteb, orders tied scores by document id instead, so only "
-    "tie-free scores agree exactly); percent (x100)")
+    "against the query (trec_eval / pytrec_eval, behind mteb, orders tied scores by document id, "
+    "descending, instead: only tie-free scores agree exactly); percent (x100)")
 MEDIAN_RANK_PROTOCOL = (
     "median rank (MedR): median over queries of the 1-based rank of the first correct item; ties "
     "counted against the query; lower is better")

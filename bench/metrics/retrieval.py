@@ -142,12 +142,12 @@ def recall_at_k(
     return {key: out[key] for key in sorted(out, key=lambda s: (s[:3] != "i2t", int(s.split("@")[1])))}
 
 
-def _count_ge(scores, thr, dim: int):
+def _count_ge(scores, thr, dim: int, use_numpy: bool | None = None):
     """Count of scores >= thr per row (dim=1, thr [rows]) or per column (dim=0, thr [cols])."""
     import torch
 
     t = thr[:, None] if dim == 1 else thr[None, :]
-    if scores.device.type == "cpu":
+    if scores.device.type == "cpu" if use_numpy is None else use_numpy:
         # numpy compares and counts a boolean matrix ~4x faster than torch on CPU (measured, 2 cores)
         return torch.from_numpy((scores.numpy() >= t.numpy()).sum(dim))
     return (scores >= t).sum(dim)
