@@ -191,11 +191,13 @@ def retrieval_ranks(image_emb: Any, text_emb: Any, text_to_image: Any,
     Inputs as for `recall_at_k`; with the same `chunk_size` the scores are the same matrix products,
     so `recall_from_ranks` reproduces `recall_at_k` exactly, ties included.
 
-    Memory: at most `chunk_size` x M scores (plus a boolean mask of that size) at a time.
+    Memory: a `chunk_size` x M block of scores, a boolean mask of that size and, for images with
+    more captions than the rest of their chunk, a copy of their rows (at most the block again).
     Two passes over the image chunks: the first ranks image->text and collects each caption's
     positive score; the second counts, for every caption, the other images scoring >= that positive
     (text->image needs the positive before its negatives, which may sit in earlier chunks). With a
-    single chunk the second pass reuses the first's scores. Time for COCO 5k x 25k: see the README.
+    single chunk the second pass reuses the first's scores. Cost (benchmarks/bench_stats.py, 5,000 x
+    25,000 x 768, chunk 1024, 2 CPU threads): 4.1 CPU-seconds against 2.7 for `recall_at_k`.
     """
     import torch
 
