@@ -169,3 +169,107 @@ def test_programmer_errors_are_value_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         recall_at_k(**args)
+
+
+# --- per-query ranks (retrieval_ranks) ------------------------------------------------------------
+
+from bench.metrics.retrieval import recall_from_ranks, retrieval_ranks  # noqa: E402
+
+
+def _naive_ranks(s, owner):
+    """From the definition by full sorts: candidates ordered by (-score, positive after negative,
+    caption index); i2t: position of each positive caption, t2i: position of the caption's image."""
+    n, m = s.shape
+    first, cap, t2i = np.full(n, -1), np.full(m, -1), np.full(m, -1)
+    for i in range(n):
+        is_pos = owner == i
+        order = sorted(range(m), key=lambda j: (-s[i, j], bool(is_pos[j]), j))
+        for r, j in enumerate(order):
+            if is_pos[j]:
+                cap[j] = r
+                first[i] = r if first[i] < 0 else first[i]
+    for j in range(m):
+        order = sorted(range(n), key=lambda i: (-s[i, j], i == owner[j]))
+        t2i[j] = order.index(owner[j])
+    return first, cap, t2i
+
+
+def test_ranks_hand_computed_with_ties():
+    s, owner = _hand_case()
+    r = retrieval_ranks(*_from_scores(s), owner)
+    assert r.i2t_first.dtype == np.int32 and r.t2i.dtype == np.int32
+    assert r.i2t_first.tolist() == [2, 0, 12]
+    # image 0: positives 0.9, 0.5, 0.3, 0.2, 0.1 behind the negatives 0.95 and 0.9 (tie: negative first)
+    assert r.i2t_caption[:5].tolist() == [3, 2, 5, 6, 4]
+    # image 1: 0.8 first, then six tied 0.1 positives in caption order; image 2: 12 tied negatives first
+    assert r.i2t_caption[5:12].tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert r.i2t_caption[12:].tolist() == list(range(12, 18))
+    assert r.t2i.tolist() == [0] * 5 + [1, 1] + [0] * 5 + [2] * 6
+    assert (r.n_images, r.n_captions) == (3, 18)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_ranks_match_naive_sorts_with_many_ties(chunk):
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        n = 15
+        counts = rng.integers(0, 8, size=n)  # 0..7 captions per image
+        owner = rng.permutation(np.repeat(np.arange(n), counts))
+        img = rng.integers(-1, 2, size=(n, 3)).astype(np.float64)
+        txt = rng.integers(-1, 2, size=(len(owner), 3)).astype(np.float64)
+        first, cap, t2i = _naive_ranks(img @ txt.T, owner)
+        r = retrieval_ranks(img, txt, owner, chunk_size=chunk)
+        assert r.i2t_first.tolist() == first.tolist()
+        assert r.t2i.tolist() == t2i.tolist()
+        assert r.text_to_image.tolist() == owner.tolist()
+        # tied positives of one image may swap ranks (binary relevance): compare per image as sets
+        for i in range(n):
+            assert sorted(r.i2t_caption[owner == i]) == sorted(cap[owner == i])
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 16, 10_000])
+def test_recall_from_ranks_equals_recall_at_k_exactly(chunk):
+    rng = np.random.default_rng(0)
+    n, d = 30, 8
+    counts = rng.integers(1, 8, size=n)
+    counts[[3, 11]] = 0
+    owner = rng.permutation(np.repeat(np.arange(n), counts))
+    img = rng.standard_normal((n, d)).astype(np.float32)
+    txt = (img[owner] + 1.2 * rng.standard_normal((len(owner), d))).astype(np.float32)
+    ks = (1, 2, 5, 10, 50)
+    r = retrieval_ranks(img, txt, owner, chunk_size=chunk)
+    assert recall_from_ranks(r, ks) == recall_at_k(img, txt, owner, ks, chunk_size=chunk)
+    ti, tt = rng.integers(-1, 2, size=(n, 3)).astype(np.float32), rng.integers(-1, 2, size=(len(owner), 3))
+    r = retrieval_ranks(ti, tt.astype(np.float32), owner, chunk_size=chunk)
+    assert recall_from_ranks(r, ks) == recall_at_k(ti, tt.astype(np.float32), owner, ks, chunk_size=chunk)
+
+
+def test_ranks_constant_embedder_and_image_without_caption():
+    n, per = 6, 3
+    owner = np.repeat(np.arange(n), per)
+    owner = owner[owner != 4]  # image 4 owns nothing: no i2t query, still a t2i negative
+    r = retrieval_ranks(np.full((n, 4), 0.5), np.full((len(owner), 4), 0.5), owner)
+    m = len(owner)
+    assert r.i2t_first.tolist() == [m - per] * 4 + [-1] + [m - per]  # every negative tie ranks first
+    assert sorted(r.i2t_caption[owner == 0]) == [m - per, m - per + 1, m - per + 2]
+    assert set(r.t2i.tolist()) == {n - 1}
+
+
+def test_ranks_validate_like_recall_at_k():
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        retrieval_ranks(np.eye(2), np.eye(2), np.array([0, 2]))
+    with pytest.raises(ValueError, match="chunk_size"):
+        retrieval_ranks(np.eye(2), np.eye(2), np.array([0, 1]), chunk_size=0)
+
+
+def test_count_ge_numpy_and_torch_paths_agree():
+    from bench.metrics.retrieval import _count_ge
+
+    s = torch.randint(-2, 3, (7, 11)).double()  # ties
+    s[0, :3] = float("-inf")
+    for dim, thr in ((1, torch.randint(-2, 3, (7,)).double()), (0, torch.randint(-2, 3, (11,)).double())):
+        a, t = s.tolist(), thr.tolist()
+        want = ([sum(x >= t[i] for x in a[i]) for i in range(7)] if dim == 1 else
+                [sum(a[i][j] >= t[j] for i in range(7)) for j in range(11)])
+        for use_numpy in (True, False):  # numpy on CPU, torch on accelerators
+            assert _count_ge(s, thr, dim, use_numpy).tolist() == want
