@@ -14,6 +14,10 @@ def load_image(path: str | Path):
     """
     from PIL import Image, UnidentifiedImageError
 
+    from bench.data.refs import ImageRef
+
+    if isinstance(path, ImageRef):  # an image inside a tar shard or a table row: see bench/data/refs.py
+        return path.decode()
     path = Path(path)
     try:
         with Image.open(path) as im:
