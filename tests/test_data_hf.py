@@ -6,6 +6,7 @@ recall@k / zero-shot figures; bad inputs give one clear DataError."""
 from __future__ import annotations
 
 import io
+import os
 import shutil
 import tarfile
 from pathlib import Path
@@ -125,10 +126,18 @@ def _write_wds(root: Path, samples, target_ext: str, dtype: str, class_names=Non
 @pytest.fixture
 def hub_cache(tmp_path, monkeypatch, formats):
     """A hand-made HF hub cache holding the parquet folder as dataset 'bench/synthetic', two revisions."""
+    import hashlib
+
     repo = tmp_path / "hub" / "datasets--bench--synthetic"
     shas = ["a" * 40, "b" * 40]
-    for sha in shas:
-        shutil.copytree(formats / "pq", repo / "snapshots" / sha)
+    (repo / "blobs").mkdir(parents=True)
+    for sha in shas:  # the real layout: snapshot files are links to blobs named by their sha256
+        for f in sorted((formats / "pq").rglob("*.parquet")):
+            blob = repo / "blobs" / hashlib.sha256(f.read_bytes()).hexdigest()
+            shutil.copyfile(f, blob)
+            link = repo / "snapshots" / sha / f.relative_to(formats / "pq")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(os.path.relpath(blob, link.parent))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(shas[1])
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
@@ -232,6 +241,7 @@ def test_hub_id_resolves_from_the_cache_only_and_revision_enters_the_fingerprint
     assert main.captions == first.captions == kar.captions
     assert Path(main.image_paths[0].file).parts[-3] == hub_cache[1]  # refs/main -> second snapshot
     assert main.fingerprint() != first.fingerprint()  # same bytes, other revision
+    assert '"revision":"' + hub_cache[1] in main.source and '"blob:' in main.source  # hash = blob name
     with pytest.raises(DataError) as e:
         load_hf("h", HFParams(path="bench/missing", caption_column="captions"))
     msg = str(e.value)
@@ -410,3 +420,17 @@ def test_rows_without_caption_are_dropped_with_their_image(tmp_path, kar):
     three = load_hf("d", HFParams(path=str(tmp_path / "t.parquet"), image_column="jpg", caption_column="text",
                                   max_images=3))
     assert [r.row for r in three.image_paths] == [0, 2, 3]
+
+
+def test_webdataset_from_a_cached_hub_id(formats, tmp_path, monkeypatch, kar):
+    repo = tmp_path / "hub" / "datasets--clip-benchmark--wds_synth"
+    shutil.copytree(formats / "wds_cap", repo / "snapshots" / ("c" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("c" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    ds = load_webdataset("w", WebDatasetParams(path="clip-benchmark/wds_synth"))
+    assert ds.captions == kar.captions and '"revision":"' + "c" * 40 in ds.source
+    with pytest.raises(DataError, match="hf download clip-benchmark/wds_other --repo-type dataset"):
+        load_webdataset("w", WebDatasetParams(path="clip-benchmark/wds_other"))
+    with pytest.raises(DataError, match="holds tar shards: use type webdataset"):
+        load_hf("w", HFParams(path="clip-benchmark/wds_synth", caption_column="txt"))
