@@ -434,3 +434,35 @@ def test_webdataset_from_a_cached_hub_id(formats, tmp_path, monkeypatch, kar):
         load_webdataset("w", WebDatasetParams(path="clip-benchmark/wds_other"))
     with pytest.raises(DataError, match="holds tar shards: use type webdataset"):
         load_hf("w", HFParams(path="clip-benchmark/wds_synth", caption_column="txt"))
+
+
+def test_multilabel_from_npy_vectors_and_list_columns(tmp_path, kar):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vectors = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 1], [0, 0, 1]], dtype=np.uint8)
+    root = tmp_path / "w"
+    (root / "test").mkdir(parents=True)
+    with tarfile.open(root / "test" / "0.tar", "w") as tf:
+        for i, v in enumerate(vectors):
+            buf = io.BytesIO()
+            np.save(buf, v)
+            for ext, data in (("png", kar.image_paths[i].read_bytes()), ("npy", buf.getvalue())):
+                info = tarfile.TarInfo(f"k{i}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            if i == 3:  # a second label member under the same key: refused, never silently merged
+                info = tarfile.TarInfo(f"k{i}.npy")
+                info.size = len(buf.getvalue())
+                tf.addfile(info, io.BytesIO(buf.getvalue()))
+    (root / "dataset_type.txt").write_text("multilabel\n")
+    (root / "classnames.txt").write_text("a\nb\nc\n")
+    with pytest.raises(DataError, match="sample 'k3' has two '.npy' members"):
+        load_webdataset("m", WebDatasetParams(path=str(root)))
+    ds = load_webdataset("m", WebDatasetParams(path=str(root), max_images=3))
+    assert ds.multilabel and ds.labels.dtype == np.uint8 and np.array_equal(ds.labels, vectors[:3])
+    assert ds.class_names == ["a", "b", "c"] and ds.templates is None
+    ids = [[j for j in range(3) if v[j]] for v in vectors]
+    pq.write_table(pa.table({"image": [p.read_bytes() for p in kar.image_paths[:4]], "objs": ids}), tmp_path / "m.parquet")
+    hf = load_hf("m", HFParams(path=str(tmp_path / "m.parquet"), label_column="objs", class_names=["a", "b", "c"]))
+    assert hf.multilabel and np.array_equal(hf.labels, vectors) and hf.class_names == ["a", "b", "c"]

@@ -178,7 +178,8 @@ def resolve_source(params: HFParams) -> _Source:
         files = [f for f in files if f.is_file()]
         if not files:
             raise DataError(f"{origin}: the pattern matches no files")
-        return _Source(files, _fmt(files, origin), Path(glob.escape(str(local))).parent, None, origin)
+        fixed = next(i for i, part in enumerate(local.parts) if glob.has_magic(part))
+        return _Source(files, _fmt(files, origin), Path(*local.parts[:fixed]), None, origin)
     if params.path.startswith(("/", ".", "~")) or not _HUB_ID.match(params.path):
         raise DataError(f"{origin}: no such file or folder ({local.absolute()}); give a save_to_disk folder, "
                         "parquet/arrow files or a hub dataset id like 'owner/name'")
@@ -257,7 +258,8 @@ def _image_mode(path: Path, fmt: str, schema, column: str, where: str) -> str:
 
 def _image_items(path: Path, fmt: str, mode: str, column: str, schema, root: Path, n: int) -> list:
     if mode == "bytes":
-        return [TableRow(str(path), i, column, fmt, str(root)) for i in range(n)]
+        file, base = str(path), str(root)  # one string shared by all rows of the file
+        return [TableRow(file, i, column, fmt, base) for i in range(n)]
     nested = pa_is_struct(schema.field(column).type)
     if fmt == "parquet":
         values = _read_columns(path, fmt, [f"{column}.path" if nested else column]).column(0).to_pylist()

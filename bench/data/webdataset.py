@@ -170,6 +170,9 @@ def _samples(shard: Path):
                 if k != key and parts:
                     yield key, parts, tf
                     parts = {}
+                if ext in parts:
+                    raise DataError(f"webdataset shard {shard}: sample '{k}' has two '.{ext}' members (keys of "
+                                    "different samples must differ)")
                 key = k
                 parts[ext] = m
         except (tarfile.TarError, OSError) as e:
@@ -250,6 +253,7 @@ def load_webdataset(name: str, params: WebDatasetParams) -> SourcedCaptionDatase
         if len(refs) >= limit:
             break
         used.append(shard)
+        shard_name = str(shard)  # one string shared by all its members
         for key, parts, tf in _samples(shard):
             if kind == "auto":
                 kind = "captions" if params.caption_key in parts else "labels" if label_key in parts else "auto"
@@ -273,7 +277,7 @@ def load_webdataset(name: str, params: WebDatasetParams) -> SourcedCaptionDatase
                                     "on_missing: skip to drop such samples and count them)")
                 skipped[lacks] = skipped.get(lacks, 0) + 1
                 continue
-            refs.append(TarMember(str(shard), image.name, image.offset_data, image.size))
+            refs.append(TarMember(shard_name, image.name, image.offset_data, image.size))
             targets.append(target)
             keys.append(key)
             if len(refs) >= limit:
