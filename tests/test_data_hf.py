@@ -463,6 +463,7 @@ def test_multilabel_from_npy_vectors_and_list_columns(tmp_path, kar):
     assert ds.multilabel and ds.labels.dtype == np.uint8 and np.array_equal(ds.labels, vectors[:3])
     assert ds.class_names == ["a", "b", "c"] and ds.templates is None
     ids = [[j for j in range(3) if v[j]] for v in vectors]
-    pq.write_table(pa.table({"image": [p.read_bytes() for p in kar.image_paths[:4]], "objs": ids}), tmp_path / "m.parquet")
+    pq.write_table(pa.table({"image": [p.read_bytes() for p in kar.image_paths[:4]], "objs": ids}),
+                   tmp_path / "m.parquet")
     hf = load_hf("m", HFParams(path=str(tmp_path / "m.parquet"), label_column="objs", class_names=["a", "b", "c"]))
     assert hf.multilabel and np.array_equal(hf.labels, vectors) and hf.class_names == ["a", "b", "c"]
