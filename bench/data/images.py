@@ -19,6 +19,10 @@ def load_image(path: str | Path):
     """
     from PIL import Image, UnidentifiedImageError
 
+    from bench.data.refs import ImageRef
+
+    if isinstance(path, ImageRef):  # an image inside a tar shard or a table row: see bench/data/refs.py
+        return path.decode()
     path = Path(path)
     try:
         with warnings.catch_warnings(record=True) as caught:
