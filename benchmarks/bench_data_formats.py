@@ -1,6 +1,6 @@
 """Load + embed the same generated images through each data format (issue 13's closing figures).
 
-N synthetic test images (bench.data.synthetic) are written once as: the Karpathy JSON + JPEG files
+N synthetic test images (bench.demo.synthetic) are written once as: the Karpathy JSON + JPEG files
 (type coco_karpathy, the reference), a save_to_disk dataset (Arrow), hub-style parquet files with the
 image bytes (data/test-XXXXX-of-NNNNN.parquet), a parquet file of relative image paths, and
 CLIP_benchmark webdataset shards (test/{0..k}.tar). Conversion is not timed. For each format, timed:
@@ -66,11 +66,11 @@ def main() -> None:
 
     from bench.data.coco import load_karpathy
     from bench.data.hf import HFParams, load_hf
-    from bench.data.synthetic import make_synthetic
+    from bench.demo.synthetic import make_synthetic
     from bench.data.webdataset import WebDatasetParams, load_webdataset
     from bench.embedders.clip import ClipEmbedder
     from bench.loader import image_batches
-    from bench.models.tiny_clip import make_tiny_clip
+    from bench.demo.tiny_clip import make_tiny_clip
 
     work = Path(args.dir)
     paths = make_synthetic(work / "synthetic", n_train=0, n_val=0, n_test=args.n, seed=0)
