@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 from pathlib import Path
 
 from bench.errors import BenchError
@@ -37,22 +39,26 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from bench.regression import Tolerances, compare
+    from bench.regression import Tolerances, check_tolerance, compare
     from bench.results import load_results, write_text_atomic
 
-    result, baseline = load_results(args.result), load_results(args.baseline)
+    # Arguments first (no file read for a typo); then both files, checked, and finished runs only.
+    fail_on = _kinds(args.fail_on)
+    overrides = {name: check_tolerance(getattr(args, f"{name}_tol"), f"--{name.replace('_', '-')}-tol")
+                 for name in ("quality_abs", "speed_rel", "memory_rel")
+                 if getattr(args, f"{name}_tol") is not None}
+    result, baseline = load_results(args.result, finished=True), load_results(args.baseline, finished=True)
     tol = Tolerances.from_config((result.get("config") or {}).get("regression"))
-    for name in ("quality_abs", "speed_rel", "memory_rel"):
-        value = getattr(args, f"{name}_tol")
-        if value is not None:
-            if value < 0:
-                raise BenchError(f"--{name.replace('_', '-')}-tol must be >= 0, got {value}")
-            setattr(tol, name, value)
-    comparison = compare(result, baseline, tol, _kinds(args.fail_on))
+    for name, value in overrides.items():
+        setattr(tol, name, value)
+    comparison = compare(result, baseline, tol, fail_on)
     text = comparison.to_markdown(show=args.show)
     print(text, end="")
     if args.output:
         write_text_atomic(args.output, text)
+    if comparison.exit_code:
+        # One line for the CI log, whatever --show hid or --output received.
+        print(f"bench: compare failed: {'; '.join(comparison.reasons)}", file=sys.stderr)
     return comparison.exit_code
 
 
@@ -62,7 +68,10 @@ def _cmd_baseline_accept(args: argparse.Namespace) -> int:
 
     target = args.to
     if target is None:
-        target = Path("reports/baselines") / f"{load_results(args.result)['benchmark']}.json"
+        name = load_results(args.result, finished=True)["benchmark"]
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):  # it becomes a file name: no path in it
+            raise BenchError(f"benchmark name '{name[:40]}' cannot name a baseline file: pass --to")
+        target = Path("reports/baselines") / f"{name}.json"
     summary = accept_baseline(args.result, target)
     print(f"baseline: {target} ({summary})")
     return 0
@@ -75,12 +84,13 @@ def register(sub) -> None:
     r.add_argument("--out", help="output folder (one run: the run folder; several: reports/history)")
     r.set_defaults(func=_cmd_report)
 
-    c = sub.add_parser("compare", help="per-metric verdicts of RESULT against BASELINE; exit 1 on a regression")
+    c = sub.add_parser("compare", help="per-metric verdicts of RESULT against BASELINE; exit 1 on a regression, "
+                       "a lost metric or nothing compared, 2 on bad input")
     c.add_argument("result", help="run folder or results.json")
     c.add_argument("baseline", help="run folder or results.json (e.g. reports/baselines/demo.json)")
-    c.add_argument("--quality-abs-tol", type=float, help="percentage points (default: the config's regression section)")
-    c.add_argument("--speed-rel-tol", type=float, help="relative, e.g. 0.25 for 25%%")
-    c.add_argument("--memory-rel-tol", type=float, help="relative, e.g. 0.2 for 20%%")
+    c.add_argument("--quality-abs-tol", help="percentage points (default: the config's regression section)")
+    c.add_argument("--speed-rel-tol", help="relative, e.g. 0.25 for 25%%")
+    c.add_argument("--memory-rel-tol", help="relative, e.g. 0.2 for 20%%")
     c.add_argument("--fail-on", default="quality,speed,memory",
                    help="kinds whose regressions fail (comma-separated: quality,speed,memory; or none)")
     c.add_argument("--show", choices=("changes", "all"), default="changes", help="rows to list")

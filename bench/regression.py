@@ -9,7 +9,19 @@ Verdicts (per embedder, dataset and metric key):
                                      task's settings differ, one side is n/a, or (speed and memory
                                      only) the hardware fingerprints or runtime settings differ.
                                      Never counted as a regression;
-  new / missing                      the metric exists on one side only.
+  new / missing                      the metric exists on one side only; `missing` also when the result
+                                     has no value (n/a) where the baseline had one and the two are
+                                     otherwise comparable.
+
+Exit code 1 (`Comparison.exit_code`) when, among the kinds of `fail_on`:
+  - a metric regressed;
+  - a metric the baseline has a value for is missing from the result: a run that silently stops
+    computing a metric must not pass (accept a new baseline when the change is deliberate);
+  - a kind has metrics with values but not one of them could be compared (all incomparable, new,
+    missing or n/a): a compare that checked nothing must not pass. A kind neither file has is
+    skipped, unless no kind of `fail_on` was compared at all.
+Bad input (a result of another benchmark, an unfinished run, a tolerance that is not a finite
+number >= 0, a malformed results file: see bench.results.check_results) is a BenchError: exit 2.
 
 Tolerances: quality metrics (recall, accuracy, in percentage points) are compared with an
 absolute tolerance; speed and memory with a relative one. `per_metric` overrides the tolerance of
@@ -22,13 +34,15 @@ import fnmatch
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.results import METRIC_KINDS
 
-KINDS = ("quality", "speed", "memory")
+KINDS = METRIC_KINDS
 VERDICTS = ("regressed", "improved", "unchanged", "incomparable", "new", "missing")
 
 
@@ -43,9 +57,16 @@ class Tolerances:
     def from_config(cls, section: dict[str, Any] | None) -> Tolerances:
         """From a config's `regression` section (keys quality_abs_tol, speed_rel_tol, memory_rel_tol, per_metric)."""
         s = section or {}
+        if not isinstance(s, dict):
+            raise BenchError(f"regression section must be a mapping, got {type(s).__name__}")
+        per_metric = s.get("per_metric") or {}
+        if not isinstance(per_metric, dict) or not all(isinstance(k, str) for k in per_metric):
+            raise BenchError("regression.per_metric must map key patterns (strings) to tolerances")
         d = cls()
-        return cls(float(s.get("quality_abs_tol", d.quality_abs)), float(s.get("speed_rel_tol", d.speed_rel)),
-                   float(s.get("memory_rel_tol", d.memory_rel)), dict(s.get("per_metric") or {}))
+        return cls(check_tolerance(s.get("quality_abs_tol", d.quality_abs), "regression.quality_abs_tol"),
+                   check_tolerance(s.get("speed_rel_tol", d.speed_rel), "regression.speed_rel_tol"),
+                   check_tolerance(s.get("memory_rel_tol", d.memory_rel), "regression.memory_rel_tol"),
+                   {k: check_tolerance(v, f"regression.per_metric['{k}']") for k, v in per_metric.items()})
 
     def for_metric(self, key: str, kind: str) -> tuple[float, bool]:
         """(tolerance, relative?) for one metric key."""
@@ -58,6 +79,19 @@ class Tolerances:
         if kind == "memory":
             return self.memory_rel, True
         return self.quality_abs, False
+
+
+def check_tolerance(value: Any, what: str) -> float:
+    """A tolerance as a float; BenchError naming `what` unless it is a finite number >= 0 (a NaN
+    tolerance makes every comparison false, i.e. everything `unchanged`; an infinite one hides all)."""
+    try:
+        t = math.nan if isinstance(value, bool) else float(value)
+    except (TypeError, ValueError):
+        t = math.nan
+    if not math.isfinite(t) or t < 0:
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        raise BenchError(f"{what} must be a finite number >= 0, got '{str(shown)[:40]}'")
+    return t
 
 
 @dataclass
@@ -88,11 +122,47 @@ class Comparison:
 
     @property
     def failing(self) -> list[Verdict]:
-        return [v for v in self.verdicts if v.verdict == "regressed" and v.kind in self.fail_on]
+        """Rows that fail: regressed, or missing where the baseline has a value, of a `fail_on` kind."""
+        return [v for v in self.verdicts if v.kind in self.fail_on and
+                (v.verdict == "regressed" or (v.verdict == "missing" and v.baseline is not None))]
+
+    @property
+    def unchecked(self) -> list[str]:
+        """One reason per `fail_on` kind that has values but of which nothing could be compared."""
+        out, compared_any = [], False
+        for kind in self.fail_on:
+            rows = [v for v in self.verdicts
+                    if v.kind == kind and (v.result is not None or v.baseline is not None)]
+            if any(v.verdict in ("improved", "unchanged", "regressed") for v in rows):
+                compared_any = True
+            elif rows:
+                why = Counter(v.verdict + (f" ({v.reason})" if v.reason else "") for v in rows)
+                out.append(f"no {kind} metric could be compared: "
+                           + ", ".join(f"{n} {label}" for label, n in why.most_common()))
+        if self.fail_on and not compared_any and not out:
+            out.append(f"no {' or '.join(self.fail_on)} metric could be compared: "
+                       "neither file has one with a value")
+        return out
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the exit code is 1, one short sentence per cause; empty when it is 0."""
+        out = []
+        regressed = [v for v in self.failing if v.verdict == "regressed"]
+        if regressed:
+            kinds = ", ".join(sorted({v.kind for v in regressed}))
+            out.append(f"{len(regressed)} {kinds} metric(s) regressed beyond the tolerance")
+        missing = [v for v in self.failing if v.verdict == "missing"]
+        if missing:
+            names = ", ".join(f"{v.embedder} {v.key} on {v.dataset}" for v in missing[:3])
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            out.append(f"{len(missing)} metric(s) with a value in the baseline have none in the result "
+                       f"({names}{more}); accept a new baseline if that is deliberate")
+        return out + self.unchecked
 
     @property
     def exit_code(self) -> int:
-        return 1 if self.failing else 0
+        return 1 if self.failing or self.unchecked else 0
 
     def summary(self) -> str:
         parts = [f"{self.count(v)} {v}" for v in VERDICTS if self.count(v)]
@@ -100,22 +170,24 @@ class Comparison:
 
     def to_markdown(self, show: str = "changes") -> str:
         """A PR-comment table; `show="changes"` lists every row but the unchanged ones, "all" every row."""
-        head = "REGRESSION" if self.exit_code else "OK"
+        failing = {id(v) for v in self.failing}
+        head = "REGRESSION" if any(v.verdict == "regressed" for v in self.failing) else \
+            "FAIL" if self.exit_code else "OK"
         ignored = sorted({v.kind for v in self.verdicts if v.verdict == "regressed" and v.kind not in self.fail_on})
         if ignored and not self.exit_code:
             head += f" (regressions in {', '.join(ignored)} only, which do not fail)"
         lines = [f"**bench compare: {head}** — {self.summary()} "
                  f"(failing on: {', '.join(self.fail_on) or 'nothing'})", "",
                  f"result `{self.result_id}` against baseline `{self.baseline_id}`", ""]
-        lines += [f"- {n}" for n in self.notes]
+        lines += [f"- **fails:** {r}" for r in self.reasons] + [f"- {n}" for n in self.notes]
         rows = [v for v in self.verdicts if show == "all" or v.verdict != "unchanged"]
         order = {name: i for i, name in enumerate(VERDICTS)}
-        rows.sort(key=lambda v: (order[v.verdict], v.embedder, v.dataset, v.key))
+        rows.sort(key=lambda v: (id(v) not in failing, order[v.verdict], v.embedder, v.dataset, v.key))
         if rows:
             lines += ["", "| metric | embedder | dataset | baseline | result | delta | tolerance | verdict |",
                       "|---|---|---|---|---|---|---|---|"]
             for v in rows:
-                mark = "**regressed**" if v.verdict == "regressed" else v.verdict
+                mark = f"**{v.verdict}**" if id(v) in failing else v.verdict
                 if v.reason:
                     mark += f" ({v.reason})"
                 lines.append(f"| {v.key} | {v.embedder} | {v.dataset} | {_fmt(v.baseline, v.unit)} | "
@@ -185,6 +257,11 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
     bad = [k for k in fail_on if k not in KINDS]
     if bad:
         raise BenchError(f"--fail-on: unknown kind '{bad[0]}'; choose from {', '.join(KINDS)}")
+    if result.get("benchmark") != baseline.get("benchmark"):
+        # Not a verdict: nothing in the two files measures the same thing; comparing them is a mix-up.
+        raise BenchError(f"cannot compare benchmark '{result.get('benchmark')}' "
+                         f"({result.get('_path', 'result')}) with benchmark '{baseline.get('benchmark')}' "
+                         f"({baseline.get('_path', 'baseline')}): use the baseline of the same benchmark")
     res, base = _index(result), _index(baseline)
     out: list[Verdict] = []
     for key in [*res, *(k for k in base if k not in res)]:
@@ -197,7 +274,13 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
             v.verdict, v.baseline = "missing", base[key].get("value")
         else:
             v.result, v.baseline = res[key].get("value"), base[key].get("value")
-            _judge(v, result, baseline, res[key], tol)
+            lost = v.result is None and v.baseline is not None
+            if lost and not _why_incomparable(result, baseline, res[key]):
+                # Same model, data and settings, and the value is gone: the run stopped computing it.
+                na = res[key].get("na_reason")
+                v.verdict, v.reason = "missing", f"n/a in the result{': ' + na if na else ''}"
+            else:
+                _judge(v, result, baseline, res[key], tol)
         out.append(v)
     notes = []
     if result.get("synthetic") or baseline.get("synthetic"):
@@ -242,17 +325,20 @@ def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
     """Copy a result to the baseline path (atomically); return a summary of what changed against the old one."""
     from bench.results import load_results, write_json_atomic
 
-    result = load_results(result_path)
-    if result.get("complete") is False:
-        raise BenchError(f"{result['_path']} is an unfinished run: finish it before accepting it as a baseline")
+    result = load_results(result_path, finished=True)
     baseline_path = Path(baseline_path)
     summary = "new baseline"
     if baseline_path.exists():
         try:
             old = load_results(baseline_path)
-            summary = "against the previous baseline: " + compare(result, old, fail_on=()).summary()
         except BenchError:
-            summary = "replaced an unreadable baseline"
+            old, summary = None, "replaced an unreadable baseline"
+        if old is not None:
+            if old["benchmark"] != result["benchmark"]:
+                name = result["benchmark"]
+                raise BenchError(f"{baseline_path} is the baseline of benchmark '{old['benchmark']}', not "
+                                 f"'{name}': pass --to reports/baselines/{name}.json")
+            summary = "against the previous baseline: " + compare(result, old, fail_on=()).summary()
     data = {k: v for k, v in result.items() if not k.startswith("_")}
     write_json_atomic(baseline_path, data)
     return summary

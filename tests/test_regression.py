@@ -97,23 +97,29 @@ def test_fingerprint_mismatch_is_incomparable_never_regressed():
     res = modified(base, {("clip", "probe/top1"): 10.0, ("phi3v-lm", "retrieval/t2i_recall@1"): 1.0})
     res["embedders"]["clip"]["fingerprint"] = "0123456789abcdef"      # another model or preprocessing
     res["datasets"]["caps"]["fingerprint"] = "fedcba9876543210"       # other data
-    c = compare(res, base)
+    c = compare(res, base, fail_on=("quality",))
     assert verdict(c, "clip", "probe/top1").verdict == "incomparable"
     assert verdict(c, "clip", "probe/top1").reason == "model/preprocessing fingerprint differs"
     v = verdict(c, "phi3v-lm", "retrieval/t2i_recall@1")
     assert v.verdict == "incomparable" and v.reason == "data fingerprint differs"
     assert verdict(c, "phi3v-lm", "probe/top1").verdict == "unchanged"  # other data set: still compared
     assert c.count("regressed") == 0 and c.exit_code == 0
+    # Every speed/memory metric was measured on `caps` (other data) or by clip (other model): with speed
+    # and memory in fail_on nothing of them was checked, which fails rather than passes.
+    c = compare(res, base)
+    assert c.count("regressed") == 0 and c.exit_code == 1
+    assert c.unchecked == ["no speed metric could be compared: 4 incomparable (data fingerprint differs), "
+                           "2 incomparable (model/preprocessing fingerprint differs)",
+                           "no memory metric could be compared: 2 incomparable (data fingerprint differs), "
+                           "1 incomparable (model/preprocessing fingerprint differs)"]
 
 
-def test_other_benchmark_is_incomparable():
+def test_other_benchmark_is_bad_input():
     base = make_results()
     res = modified(base, {("clip", "probe/top1"): 10.0})
     res["benchmark"] = "coco"
-    c = compare(res, base)
-    assert {v.verdict for v in c.verdicts if v.verdict != "unchanged"} == {"incomparable"}
-    assert verdict(c, "clip", "probe/top1").reason == "benchmark coco vs demo"
-    assert c.exit_code == 0
+    with pytest.raises(BenchError, match="cannot compare benchmark 'coco' .* with benchmark 'demo'"):
+        compare(res, base)
 
 
 def test_changed_task_settings_are_incomparable():
@@ -130,13 +136,23 @@ def test_new_missing_and_na_metrics():
     res = copy.deepcopy(base)
     res["metrics"] = [m for m in res["metrics"] if m["key"] != "zeroshot/top1" or m["embedder"] != "clip"]
     res["metrics"].append({**res["metrics"][0], "key": "retrieval/i2t_recall@50", "value": 90.0})
-    res = modified(res, {("phi3v-lm", "probe/top1"): None})
+    res = modified(res, {("phi3v-lm", "probe/top1"): None, ("clip", "probe/top1"): None})
+    res["metrics"] = [m for m in res["metrics"] if m["embedder"] != "phi3v" or m["key"] != "zeroshot/top1"]
+    res["embedders"]["clip"]["fingerprint"] = "0123456789abcdef"
     c = compare(res, base)
     assert verdict(c, "clip", "zeroshot/top1").verdict == "missing"
     assert verdict(c, "clip", "retrieval/i2t_recall@50").verdict == "new"
-    assert verdict(c, "phi3v-lm", "probe/top1").verdict == "incomparable"
-    assert verdict(c, "phi3v", "zeroshot/top1").verdict == "unchanged"  # n/a on both sides
-    assert c.exit_code == 0
+    lost = verdict(c, "phi3v-lm", "probe/top1")  # same model and data, value gone: the run stopped computing it
+    assert lost.verdict == "missing" and lost.reason == "n/a in the result"
+    v = verdict(c, "clip", "probe/top1")  # n/a, but another model anyway
+    assert v.verdict == "incomparable" and v.reason == "n/a on one side"
+    assert verdict(c, "phi3v", "zeroshot/top1").verdict == "missing"  # n/a in the baseline: nothing lost
+    assert verdict(c, "phi3v-lm", "zeroshot/top1").verdict == "unchanged"
+    # Lost values of a failing kind fail; the n/a-in-the-baseline one does not.
+    assert c.failing == [lost, verdict(c, "clip", "zeroshot/top1")] and c.exit_code == 1
+    assert c.reasons == ["2 metric(s) with a value in the baseline have none in the result (phi3v-lm probe/top1 on "
+                         "labels, clip zeroshot/top1 on labels); accept a new baseline if that is deliberate"]
+    assert compare(res, base, fail_on=("speed", "memory")).exit_code == 0
 
 
 def test_per_metric_tolerance_overrides_with_globs():
@@ -204,7 +220,7 @@ def test_baseline_accept_writes_atomically_and_reports_changes(tmp_path):
     assert json.loads(target.read_text()) == base
     unfinished = {**base, "complete": False}
     (run / "results.json").write_text(json.dumps(unfinished))
-    with pytest.raises(BenchError, match="unfinished run"):
+    with pytest.raises(BenchError, match="the run did not finish"):
         accept_baseline(run, target)
 
 
