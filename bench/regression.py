@@ -14,6 +14,18 @@ Verdicts (per embedder, dataset and metric key):
 Tolerances: quality metrics (recall, accuracy, in percentage points) are compared with an
 absolute tolerance; speed and memory with a relative one. `per_metric` overrides the tolerance of
 the keys matching a glob pattern (e.g. {"speed/batch_latency_p99_ms": 0.5}, {"probe/*": 2.0}).
+
+Test-set resolution: a quality figure measured on N items moves in steps of 100/N points, and a
+different CPU (other SIMD kernels, other BLAS) can flip an item that sits on a near-tie. So a
+quality tolerance is never below what `quality_items` (k = 2) items can move the metric:
+    effective tolerance = max(configured tolerance, 100 * k / num_items)
+where `num_items` is recorded with each metric (bench.results.Metric): test images for top-k
+accuracy, query images / captions for retrieval, classes x smallest class for mean per-class
+recall and for mAP (see bench.tasks for why). A change of one or two items out of 100 is then
+`unchanged`, three is judged. Results written before `num_items` existed fall back to the
+configured tolerance. When both sides record it, the larger count (the tighter tolerance) is used,
+so neither file can loosen the check on its own. The verdict's tolerance column says which rule
+applied, e.g. "±2 (2 of 100 items)".
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ class Tolerances:
     speed_rel: float = 0.25
     memory_rel: float = 0.20
     per_metric: dict[str, float] = field(default_factory=dict)
+    quality_items: int = 2  # a quality change of this many evaluated items is noise (module docstring)
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> Tolerances:
@@ -197,7 +210,7 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
             v.verdict, v.baseline = "missing", base[key].get("value")
         else:
             v.result, v.baseline = res[key].get("value"), base[key].get("value")
-            _judge(v, result, baseline, res[key], tol)
+            _judge(v, result, baseline, res[key], tol, base[key])
         out.append(v)
     notes = []
     if result.get("synthetic") or baseline.get("synthetic"):
@@ -209,7 +222,15 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
     return Comparison(out, tuple(fail_on), str(result.get("run_id", "")), str(baseline.get("run_id", "")), notes)
 
 
-def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances) -> None:
+def _num_items(*metrics: dict[str, Any]) -> int | None:
+    """The larger valid `num_items` of the two records (a positive int), None when neither has one."""
+    found = [n for n in (m.get("num_items") for m in metrics)
+             if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return max(found) if found else None
+
+
+def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances,
+           mb: dict[str, Any] | None = None) -> None:
     if v.result is None and v.baseline is None:
         v.verdict, v.reason = "unchanged", "n/a on both sides"
         return
@@ -228,6 +249,11 @@ def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tol
     else:
         change = diff
         v.delta, v.tolerance = f"{diff:+.3g}", f"±{t:g}"
+        n = _num_items(m, mb or {})
+        k = tol.quality_items
+        if n is not None and k > 0 and 100.0 * k / n > t:
+            t = 100.0 * k / n
+            v.tolerance = f"±{t:.3g} ({k} of {n} items)"
     better = change if m.get("higher_is_better", True) else -change
     # A tiny epsilon keeps a change of exactly the tolerance (after float noise) unchanged.
     if better < -t - 1e-12:
