@@ -24,9 +24,9 @@ a gradient tolerance, so its end point carries an error of about tol * C in w, w
 noise moves around; at the large C the demo picks that flips predictions and validation scores,
 hence the chosen C. Float64 alone did not help (9 of 12 still differed). So a problem small
 enough for it (`NEWTON_MAX_WORK` multiply-adds per Newton iteration: the Hessian, n x dof^2, plus
-its Cholesky, dof^3 / 3, with dof = (D + 1) x rows) is solved with Newton-Cholesky, which converges
-to the unique optimum to machine precision: with it no probe figure of the demo differed between
-kernels. BLAS is pinned to one thread there (fast for such sizes, and no thread-count dependent
+its Cholesky, dof^3 / 3, with dof = (D + 1) x rows) is solved with Newton-Cholesky to a gradient of
+`NEWTON_TOL` (quadratic convergence: the unique optimum to about machine precision, a few steps):
+with it no probe figure of the demo differed between kernels. BLAS is pinned to one thread there (fast for such sizes, and no thread-count dependent
 sums). Larger problems keep lbfgs (a Hessian would not fit or be too slow): both solvers minimize
 the same strictly convex objective, so the protocol is the same, only the precision differs;
 details["solver"] says which ran, and the regression gate (bench.regression) absorbs a flip or
@@ -55,6 +55,7 @@ COARSE_C: tuple[float, ...] = tuple(10.0**e for e in range(-2, 5))
 REFINE_FACTORS: tuple[float, ...] = (10**-0.5, 10**-0.25, 10**0.25, 10**0.5)
 _CONST_SCORE = 1e6  # score of a class that was constant (always / never present) in training
 NEWTON_MAX_WORK = 2e9  # multiply-adds per Newton iteration up to which Newton-Cholesky is used
+NEWTON_TOL = 1e-10  # Newton's gradient tolerance: two more (quadratic) steps than 1e-5, to the optimum
 _SCORE_DECIMALS = 6  # validation scores are compared rounded to this many decimals (points)
 
 
@@ -90,6 +91,14 @@ def choose_solver(n_samples: int, dim: int, rows: int) -> str:
     """"newton-cholesky" when one Newton iteration (Hessian n x dof^2 + Cholesky dof^3 / 3, dof =
     (dim + 1) x rows) costs at most NEWTON_MAX_WORK multiply-adds, else "lbfgs" (module docstring)."""
     dof = (dim + 1) * rows
+    if rows > 1:
+        import re
+
+        import sklearn
+
+        major_minor = re.match(r"(\d+)\.(\d+)", sklearn.__version__)
+        if major_minor and tuple(map(int, major_minor.groups())) < (1, 6):
+            return "lbfgs"  # older newton-cholesky fits multi-class one-vs-rest, not multinomial
     return "newton-cholesky" if n_samples * dof**2 + dof**3 / 3 <= NEWTON_MAX_WORK else "lbfgs"
 
 
@@ -151,7 +160,8 @@ class _Probe:
 
         # The error in w is about gtol * C: small C (strong regularization, cheap to solve) gets a
         # proportionally tighter tolerance, else near-tied predictions flip against a tight cold fit.
-        lr = LogisticRegression(C=c, solver=self.solver, max_iter=self.max_iter, tol=self.tol * min(1.0, c),
+        tol = NEWTON_TOL if self.solver == "newton-cholesky" else self.tol * min(1.0, c)
+        lr = LogisticRegression(C=c, solver=self.solver, max_iter=self.max_iter, tol=tol,
                                 random_state=self.seed, warm_start=init is not None)
         if init is not None:
             lr.coef_, lr.intercept_ = init[0].copy(), init[1].copy()
