@@ -22,10 +22,10 @@ quality tolerance is never below what `quality_items` (k = 2) items can move the
 where `num_items` is recorded with each metric (bench.results.Metric): test images for top-k
 accuracy, query images / captions for retrieval, classes x smallest class for mean per-class
 recall and for mAP (see bench.tasks for why). A change of one or two items out of 100 is then
-`unchanged`, three is judged. Results written before `num_items` existed fall back to the
-configured tolerance. When both sides record it, the larger count (the tighter tolerance) is used,
-so neither file can loosen the check on its own. The verdict's tolerance column says which rule
-applied, e.g. "±2 (2 of 100 items)".
+`unchanged`, three is judged. The floor needs `num_items` on both sides and uses the larger count
+(the tighter tolerance), so one edited file cannot loosen the check; with results written before
+`num_items` existed the configured tolerance applies. The verdict's tolerance column says which
+rule applied, e.g. "±2 (2 of 100 items)".
 """
 
 from __future__ import annotations
@@ -223,10 +223,10 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
 
 
 def _num_items(*metrics: dict[str, Any]) -> int | None:
-    """The larger valid `num_items` of the two records (a positive int), None when neither has one."""
+    """The larger `num_items` of the records when every one has a valid one (a positive int), else None."""
     found = [n for n in (m.get("num_items") for m in metrics)
              if isinstance(n, int) and not isinstance(n, bool) and n > 0]
-    return max(found) if found else None
+    return max(found) if found and len(found) == len(metrics) else None
 
 
 def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances,

@@ -73,12 +73,14 @@ def test_per_metric_override_is_floored_too():
     assert v.verdict == "unchanged" and v.tolerance == "±4 (2 of 50 items)"
 
 
-def test_one_side_suffices_and_the_larger_count_is_used():
+def test_both_sides_must_record_it_and_the_larger_count_is_used():
     plain = make_results()
     base = _with_items(plain, 100)
-    # only the baseline records it
-    assert _verdict(compare(modified(plain, {("clip", "probe/top1"): 78.0}), base),
-                    "clip", "probe/top1").verdict == "unchanged"
+    # one side only (e.g. an old baseline, or a hand-edited result): the configured tolerance
+    for res, b in ((modified(plain, {("clip", "probe/top1"): 78.0}), base),
+                   (_with_items(modified(plain, {("clip", "probe/top1"): 78.0}), 100), plain)):
+        v = _verdict(compare(res, b), "clip", "probe/top1")
+        assert v.verdict == "regressed" and v.tolerance == "±0.5"
     # a result claiming 10 items cannot widen the tolerance to 20 points: 100 is used
     res = _with_items(modified(plain, {("clip", "probe/top1"): 70.0}), 10)
     v = _verdict(compare(res, base), "clip", "probe/top1")
