@@ -43,11 +43,16 @@ bench: setup data models
 test: setup
 	$(BIN)/python -m pytest
 
+# A fresh run folder each time (a left-over one could be compared instead of this run); the verdict
+# table is kept next to the run for the CI log. Quality tolerances: see README "Regression tracking".
 regress: setup data models
+	rm -rf reports/runs/regress-latest
 	$(BIN)/bench run demo --out reports/runs/regress-latest --no-progress
-	$(BIN)/bench compare reports/runs/regress-latest reports/baselines/demo.json --fail-on quality
+	$(BIN)/bench compare reports/runs/regress-latest reports/baselines/demo.json --fail-on quality \
+		--output reports/runs/regress-latest/compare.md
 
 baseline: setup data models
+	rm -rf reports/runs/baseline-candidate
 	$(BIN)/bench run demo --out reports/runs/baseline-candidate --no-progress
 	$(BIN)/bench baseline accept reports/runs/baseline-candidate --to reports/baselines/demo.json
 

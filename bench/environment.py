@@ -71,6 +71,9 @@ def device_info(device: str) -> dict[str, Any]:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # ATen's SIMD kernel level (AVX512, AVX2, DEFAULT...; ATEN_CPU_CAPABILITY lowers it): float
+        # results differ in the last bits between levels. Recorded, not part of the fingerprint.
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "cuda": None,
     }
     if info["type"] == "cuda":

@@ -26,6 +26,18 @@ number >= 0, a malformed results file: see bench.results.check_results) is a Ben
 Tolerances: quality metrics (recall, accuracy, in percentage points) are compared with an
 absolute tolerance; speed and memory with a relative one. `per_metric` overrides the tolerance of
 the keys matching a glob pattern (e.g. {"speed/batch_latency_p99_ms": 0.5}, {"probe/*": 2.0}).
+
+Test-set resolution: a quality figure measured on N items moves in steps of 100/N points, and a
+different CPU (other SIMD kernels, other BLAS) can flip an item that sits on a near-tie. So a
+quality tolerance is never below what `quality_items` (k = 2) items can move the metric:
+    effective tolerance = max(configured tolerance, 100 * k / num_items)
+where `num_items` is recorded with each metric (bench.results.Metric): test images for top-k
+accuracy, query images / captions for retrieval, classes x smallest class for mean per-class
+recall and for mAP (see bench.tasks for why). A change of one or two items out of 100 is then
+`unchanged`, three is judged. The floor needs `num_items` on both sides and uses the larger count
+(the tighter tolerance), so one edited file cannot loosen the check; with results written before
+`num_items` existed the configured tolerance applies. The verdict's tolerance column says which
+rule applied, e.g. "±2 (2 of 100 items)".
 """
 
 from __future__ import annotations
@@ -52,6 +64,7 @@ class Tolerances:
     speed_rel: float = 0.25
     memory_rel: float = 0.20
     per_metric: dict[str, float] = field(default_factory=dict)
+    quality_items: int = 2  # a quality change of this many evaluated items is noise (module docstring)
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> Tolerances:
@@ -280,7 +293,7 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
                 na = res[key].get("na_reason")
                 v.verdict, v.reason = "missing", f"n/a in the result{': ' + na if na else ''}"
             else:
-                _judge(v, result, baseline, res[key], tol)
+                _judge(v, result, baseline, res[key], tol, base[key])
         out.append(v)
     notes = []
     if result.get("synthetic") or baseline.get("synthetic"):
@@ -292,7 +305,15 @@ def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | 
     return Comparison(out, tuple(fail_on), str(result.get("run_id", "")), str(baseline.get("run_id", "")), notes)
 
 
-def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances) -> None:
+def _num_items(*metrics: dict[str, Any]) -> int | None:
+    """The larger `num_items` of the records when every one has a valid one (a positive int), else None."""
+    found = [n for n in (m.get("num_items") for m in metrics)
+             if isinstance(n, int) and not isinstance(n, bool) and n > 0]
+    return max(found) if found and len(found) == len(metrics) else None
+
+
+def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances,
+           mb: dict[str, Any] | None = None) -> None:
     if v.result is None and v.baseline is None:
         v.verdict, v.reason = "unchanged", "n/a on both sides"
         return
@@ -311,6 +332,11 @@ def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tol
     else:
         change = diff
         v.delta, v.tolerance = f"{diff:+.3g}", f"±{t:g}"
+        n = _num_items(m, mb or {})
+        k = tol.quality_items
+        if n is not None and k > 0 and 100.0 * k / n > t:
+            t = 100.0 * k / n
+            v.tolerance = f"±{t:.3g} ({k} of {n} items)"
     better = change if m.get("higher_is_better", True) else -change
     # A tiny epsilon keeps a change of exactly the tolerance (after float noise) unchanged.
     if better < -t - 1e-12:

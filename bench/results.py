@@ -23,7 +23,10 @@ results.json (schema_version 1):
   "metrics": [                              # flat: one row per (embedder, task, dataset, key)
      {"embedder": label, "task": "retrieval", "dataset": name, "key": "retrieval/i2t_recall@5",
       "value": 41.2 | null, "unit": "%", "higher_is_better": true,
-      "kind": "quality"|"speed"|"memory", "protocol": "...", "na_reason": null | "why it is n/a"}
+      "kind": "quality"|"speed"|"memory", "protocol": "...", "na_reason": null | "why it is n/a",
+      "num_items": 100}                     # optional, quality only: one item moves the value by at most
+                                            # 100/num_items points (bench.regression uses it; absent
+                                            # in results written before it existed)
   ],
   "details": {label: {"<task>/<dataset>": {...}}},   # arrays for plots: per-class accuracy, curves
   "timings": {label: {"<what>": seconds}},            # wall time of each step (embedding, probe, ...)
@@ -59,9 +62,14 @@ class Metric:
     kind: str = "quality"  # quality | speed | memory
     protocol: str = ""
     na_reason: str | None = None
+    # Quality only: the metric's resolution in evaluated items (test images, queries, ...): one item
+    # changes the value by at most 100/num_items points. None: unknown (left out of the JSON).
+    num_items: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
+        if d["num_items"] is None:
+            del d["num_items"]
         if d["value"] is not None:
             v = float(d["value"])
             # NaN/Infinity are not JSON numbers and would be refused by load_results: record n/a instead.

@@ -44,6 +44,33 @@ def check_tasks_against_data(ctx: RunContext) -> None:
                                   f"use ks below {n}")
 
 
+def num_items(key: str, labels: Any, multilabel: bool) -> int | None:
+    """Resolution of a classification metric in evaluated items: one item changes it by at most
+    100/num_items points (bench.regression's tolerance floor). top-k accuracy: the N test images.
+    mean_per_class_recall: classes present x the smallest class's count (one image of the smallest
+    class moves its class recall by 100/n_min, the mean by 1/classes of that). mAP: classes with a
+    positive x the fewest positives, the same count: AP of a class is the mean over its P
+    positives of a precision in [0, 1], so one positive's precision term moves mAP by at most
+    100/(classes x P); a near-tie flip of two adjacent items moves it by at most half of that."""
+    import numpy as np
+
+    y = np.asarray(labels)
+    if len(y) == 0:
+        return None
+    name = key.rsplit("/", 1)[-1]
+    if name in ("top1", "top5"):
+        return int(len(y))
+    if multilabel and name == "mAP":
+        pos = y.sum(0)
+        pos = pos[pos > 0]
+        return int(len(pos) * pos.min()) if len(pos) else None
+    if not multilabel and name == "mean_per_class_recall":
+        counts = np.bincount(y.astype(np.int64))
+        counts = counts[counts > 0]
+        return int(len(counts) * counts.min())
+    return None
+
+
 def _na(run: EmbedderRun, task: str, dataset: str, keys: list[tuple[str, str, bool]], reason: str) -> list[Metric]:
     return [Metric(run.label, task, dataset, k, None, unit, hib, "quality", "", reason) for k, unit, hib in keys]
 
@@ -65,8 +92,10 @@ def run_retrieval(run: EmbedderRun, task) -> list[Metric]:
                                             "i2t": [scores[f"i2t_recall@{k}"] for k in task.ks],
                                             "t2i": [scores[f"t2i_recall@{k}"] for k in task.ks],
                                             "num_images": len(ds), "num_captions": len(owner)})
+    # Queries: image->text counts the images that own a caption, text->image every caption.
+    n_queries = {"i2t": len(set(int(i) for i in owner)), "t2i": len(owner)}
     return [Metric(run.label, "retrieval", task.dataset, f"retrieval/{name}", float(v), "%", True, "quality",
-                   RECALL_PROTOCOL) for name, v in scores.items()]
+                   RECALL_PROTOCOL, num_items=n_queries[name[:3]]) for name, v in scores.items()]
 
 
 def run_linear_probe(run: EmbedderRun, task) -> list[Metric]:
@@ -97,7 +126,7 @@ def run_linear_probe(run: EmbedderRun, task) -> list[Metric]:
         if name == "best_C":
             continue  # a setting, not a score: kept in details
         out.append(Metric(run.label, "linear_probe", task.test, f"probe/{name}", float(v), unit, True, kind,
-                          PROBE_PROTOCOL))
+                          PROBE_PROTOCOL, num_items=num_items(name, test.labels, test.multilabel)))
     return out
 
 
@@ -125,7 +154,8 @@ def run_zeroshot(run: EmbedderRun, task) -> list[Metric]:
     run.detail(f"zeroshot/{task.dataset}", {"class_names": ds.class_names, "templates": list(templates),
                                            **{k: v for k, v in scores.items() if not isinstance(v, float)}})
     return [Metric(run.label, "zeroshot", task.dataset, f"zeroshot/{k}", float(v), "%", True, "quality",
-                   ZEROSHOT_PROTOCOL) for k, v in scores.items() if isinstance(v, (int, float))]
+                   ZEROSHOT_PROTOCOL, num_items=num_items(k, ds.labels, ds.multilabel))
+            for k, v in scores.items() if isinstance(v, (int, float))]
 
 
 def run_speed(run: EmbedderRun, task) -> list[Metric]:

@@ -1,23 +1,45 @@
 """Linear probe: logistic regression on frozen, L2-normalized embeddings (CLIP paper / CLIP_benchmark).
 
 Protocol
-- Features are (re-)L2-normalized. scikit-learn LogisticRegression, lbfgs (multinomial for
-  single-label; one binary model per class, i.e. one-vs-rest, for multi-label).
+- Features are (re-)L2-normalized in float64. scikit-learn LogisticRegression (multinomial for
+  single-label; one binary model per class, i.e. one-vs-rest, for multi-label), fitted in float64.
 - C (inverse L2 strength) is chosen on a validation split: a coarse log-spaced sweep
-  (`COARSE_C`, 10^-2..10^4, or `c_grid`), then a refined sweep at best * 10^{+-0.25, +-0.5};
-  ties go to the smaller C (stronger regularization). Without a given validation split a seeded
-  `val_fraction` of train is held out, stratified when every class has >= 2 samples.
+  (`COARSE_C`, 10^-2..10^4, or `c_grid`), then a refined sweep at best * 10^{+-0.25, +-0.5}.
+  Validation scores are compared rounded to 1e-6 points (top-1 therefore as counts of correct
+  items; mAP below float noise); ties go to the smaller C (stronger regularization). Without a
+  given validation split a seeded `val_fraction` of train is held out, stratified when every class
+  has >= 2 samples.
 - Retrain on train+val with the chosen C, score test.
 - Speed: C is swept in ascending order with warm starts, and lbfgs stops at gradient tolerance
   `tol * min(1, C)` (tol=1e-5: sklearn's default 1e-4 stops warm-started large-C fits after 0
   iterations; the min(1, C) factor keeps strongly regularized fits as accurate as cold tight ones).
 - Deterministic: same inputs and seed give the same numbers (fixed split, fixed sweep order).
+
+Reproducible across CPUs. Measured on the demo (tiny random towers, 100 test images): running the
+towers under ATEN_CPU_CAPABILITY=default instead of AVX-512 changes the embeddings by <= 4e-7
+(float32 rounding), and numpy's OpenBLAS kernel (OPENBLAS_CORETYPE) changes the probe's own
+arithmetic; either alone changed 10 of the 12 probe figures (up to 3 of 100 test items, mAP by
+2 points through another chosen C; the chosen C of 1-3 of the 6 probes). The cause is the optimizer, not the features: lbfgs stops at
+a gradient tolerance, so its end point carries an error of about tol * C in w, which the arithmetic
+noise moves around; at the large C the demo picks that flips predictions and validation scores,
+hence the chosen C. Float64 alone did not help (9 of 12 still differed). So a problem small
+enough for it (`NEWTON_MAX_WORK` multiply-adds per Newton iteration: the Hessian, n x dof^2, plus
+its Cholesky, dof^3 / 3, with dof = (D + 1) x rows) is solved with Newton-Cholesky to a gradient of
+`NEWTON_TOL` (quadratic convergence: the unique optimum to about machine precision, a few steps):
+with it no probe figure of the demo differed between kernels. BLAS is pinned to one thread there (fast for such sizes, and no thread-count dependent
+sums). Larger problems keep lbfgs (a Hessian would not fit or be too slow): both solvers minimize
+the same strictly convex objective, so the protocol is the same, only the precision differs;
+details["solver"] says which ran, and the regression gate (bench.regression) absorbs a flip or
+two. Rounding the embeddings to a grid (1e-4..1e-6) was measured too and not adopted: values near
+a grid boundary still round apart (1.6-5.6% of the coordinates at 1e-6, 0.03-0.6% at 1e-5), so
+it trades many tiny differences for fewer larger ones and cannot make features equal.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,12 +47,16 @@ import numpy as np
 
 from bench.metrics.zeroshot import mean_average_precision, topk_metrics
 
-__all__ = ["COARSE_C", "REFINE_FACTORS", "ProbeResult", "linear_probe", "mean_average_precision"]
+__all__ = ["COARSE_C", "NEWTON_MAX_WORK", "REFINE_FACTORS", "ProbeResult", "choose_solver", "linear_probe",
+           "mean_average_precision"]
 
 HIGHER_IS_BETTER = True
 COARSE_C: tuple[float, ...] = tuple(10.0**e for e in range(-2, 5))
 REFINE_FACTORS: tuple[float, ...] = (10**-0.5, 10**-0.25, 10**0.25, 10**0.5)
 _CONST_SCORE = 1e6  # score of a class that was constant (always / never present) in training
+NEWTON_MAX_WORK = 2e9  # multiply-adds per Newton iteration up to which Newton-Cholesky is used
+NEWTON_TOL = 1e-10  # Newton's gradient tolerance: two more (quadratic) steps than 1e-5, to the optimum
+_SCORE_DECIMALS = 6  # validation scores are compared rounded to this many decimals (points)
 
 
 @dataclass
@@ -50,12 +76,30 @@ def _features(x: Any, name: str) -> np.ndarray:
             x = x.detach().float().cpu().numpy()
     except ImportError:  # pragma: no cover
         pass
+    # float32 first: the embeddings are float32 whatever the caller hands in, so a float64 copy of
+    # them gives the same numbers; float64 then for the normalization and the solver.
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"{name} must be a 2-D [N, D] array, got shape {x.shape}")
     if not np.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf")
+    x = x.astype(np.float64)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def choose_solver(n_samples: int, dim: int, rows: int) -> str:
+    """"newton-cholesky" when one Newton iteration (Hessian n x dof^2 + Cholesky dof^3 / 3, dof =
+    (dim + 1) x rows) costs at most NEWTON_MAX_WORK multiply-adds, else "lbfgs" (module docstring)."""
+    dof = (dim + 1) * rows
+    if rows > 1:
+        import re
+
+        import sklearn
+
+        major_minor = re.match(r"(\d+)\.(\d+)", sklearn.__version__)
+        if major_minor and tuple(map(int, major_minor.groups())) < (1, 6):
+            return "lbfgs"  # older newton-cholesky fits multi-class one-vs-rest, not multinomial
+    return "newton-cholesky" if n_samples * dof**2 + dof**3 / 3 <= NEWTON_MAX_WORK else "lbfgs"
 
 
 def _labels(y: Any, n: int, name: str, multilabel: bool) -> np.ndarray:
@@ -98,18 +142,26 @@ def _carve(
 class _Probe:
     """Logistic regression(s) for one C at a time; remembers solutions to warm-start the next C."""
 
-    def __init__(self, multilabel: bool, num_classes: int, seed: int, max_iter: int, tol: float) -> None:
+    def __init__(self, multilabel: bool, num_classes: int, seed: int, max_iter: int, tol: float,
+                 solver: str = "lbfgs") -> None:
         self.multilabel, self.num_classes = multilabel, num_classes
-        self.seed, self.max_iter, self.tol = seed, max_iter, tol
+        self.seed, self.max_iter, self.tol, self.solver = seed, max_iter, tol, solver
         self.saved: dict[float, Any] = {}  # C -> solution (coef, intercept) per model
         self.not_converged: list[float] = []
+        self.fell_back: list[float] = []  # C where Newton-Cholesky gave up and sklearn ran lbfgs
+        self._threads = None
+        if solver == "newton-cholesky":  # small problem: one BLAS thread is fast and order-stable
+            from threadpoolctl import ThreadpoolController
+
+            self._threads = ThreadpoolController()
 
     def _lr(self, c: float, init: tuple[np.ndarray, np.ndarray] | None):
         from sklearn.linear_model import LogisticRegression
 
         # The error in w is about gtol * C: small C (strong regularization, cheap to solve) gets a
         # proportionally tighter tolerance, else near-tied predictions flip against a tight cold fit.
-        lr = LogisticRegression(C=c, solver="lbfgs", max_iter=self.max_iter, tol=self.tol * min(1.0, c),
+        tol = NEWTON_TOL if self.solver == "newton-cholesky" else self.tol * min(1.0, c)
+        lr = LogisticRegression(C=c, solver=self.solver, max_iter=self.max_iter, tol=tol,
                                 random_state=self.seed, warm_start=init is not None)
         if init is not None:
             lr.coef_, lr.intercept_ = init[0].copy(), init[1].copy()
@@ -123,9 +175,12 @@ class _Probe:
             if init[0].shape != (n_rows, x.shape[1]) or not np.array_equal(init[2], classes):
                 init = None
         lr = self._lr(c, None if init is None else init[:2])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # ConvergenceWarning: recorded in details instead
+        with warnings.catch_warnings(record=True) as caught, \
+                (self._threads.limit(limits=1, user_api="blas") if self._threads else nullcontext()):
+            warnings.simplefilter("always")  # ConvergenceWarning etc.: recorded in details instead
             lr.fit(x, y)
+        if any("resort to lbfgs" in str(w.message) for w in caught):
+            self.fell_back.append(c)
         if np.max(lr.n_iter_) >= self.max_iter:
             self.not_converged.append(c)
         return lr, (lr.coef_.copy(), lr.intercept_.copy(), lr.classes_.copy())
@@ -245,7 +300,9 @@ def linear_probe(
             xfit, yfit, xva, yva = xtr[fit_idx], ytr[fit_idx], xtr[val_idx], ytr[val_idx]
             details["val_source"] = f"{how} {val_fraction:g} of train (seed {seed})"
 
-    probe = _Probe(multilabel, n_cls, seed, max_iter, tol)
+    rows = 1 if multilabel or len(np.unique(yall)) <= 2 else len(np.unique(yall))
+    solver = choose_solver(len(xall), xall.shape[1], rows)
+    probe = _Probe(multilabel, n_cls, seed, max_iter, tol, solver)
     sweep: list[list[float]] = []
     single_class = (not multilabel) and len(np.unique(yall)) == 1
     if single_class:
@@ -268,7 +325,7 @@ def linear_probe(
 
         def best_c() -> float | None:
             valid = [c for c in results if not math.isnan(results[c])]
-            return max(valid, key=lambda c: (results[c], -c)) if valid else None
+            return max(valid, key=lambda c: (round(results[c], _SCORE_DECIMALS), -c)) if valid else None
 
         for c in grid:  # ascending: each fit starts from the previous, more regularized solution
             evaluate(c)
@@ -295,6 +352,8 @@ def linear_probe(
         "tol": tol,
         "max_iter": max_iter,
         "not_converged_C": sorted(set(probe.not_converged)),
+        "solver": solver,
+        "newton_fell_back_to_lbfgs_C": sorted(set(probe.fell_back)),
     })
     if multilabel:
         m, per = mean_average_precision(yte, scores)

@@ -2,6 +2,11 @@
 
 Also home of the score-matrix metrics shared with the linear probe (`topk_metrics`,
 `mean_average_precision`): plain numpy, no scikit-learn.
+
+Precision: the prompt average and the scores are computed in float64. The towers' float32 outputs
+differ between CPU kernels in the last bits (ATen's vectorized reductions sum in a different order
+under AVX2 / AVX-512 / default); in float64 this step adds no kernel-dependent noise of its own, so
+a zero-shot figure changes only when the embeddings themselves put two classes within ~1e-7.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ def class_text_embeddings(
     embed_texts: Callable[[list[str]], Any], class_names: Sequence[str], templates: Sequence[str]
 ):
     """[C, D] float32 tensor: each class's prompts `template.format(c=name)` embedded (one call for
-    all prompts), each prompt vector normalized, averaged over templates, re-normalized."""
+    all prompts), each prompt vector normalized, averaged over templates, re-normalized (in
+    float64, rounded to float32 at the end: see the module docstring)."""
     import torch
 
     from bench.errors import ConfigError
@@ -59,25 +65,25 @@ def class_text_embeddings(
         except (IndexError, KeyError, ValueError) as e:
             raise ConfigError(f"zero-shot template {t!r} is not a valid format string with only '{{c}}': {e}")
     prompts = [t.format(c=name) for name in class_names for t in templates]
-    emb = torch.as_tensor(_to_numpy(embed_texts(prompts), "embed_texts output"), dtype=torch.float32)
+    emb = torch.as_tensor(_to_numpy(embed_texts(prompts), "embed_texts output"), dtype=torch.float32).double()
     if emb.ndim != 2 or emb.shape[0] != len(prompts):
         raise ValueError(f"embed_texts returned shape {tuple(emb.shape)} for {len(prompts)} prompts; "
                          f"expected [{len(prompts)}, D]")
     emb = torch.nn.functional.normalize(emb, dim=-1)
     emb = emb.reshape(len(class_names), len(templates), -1).mean(1)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    return torch.nn.functional.normalize(emb, dim=-1).float()
 
 
 def zeroshot_classify(image_emb: Any, class_emb: Any, labels: Any, multilabel: bool = False) -> dict:
-    """Score = image . class embedding.
+    """Score = image . class embedding, in float64.
 
     Single-label (`labels` ints [N] in [0, C)): top1, top5, mean_per_class_recall in percent, plus
     `per_class_recall` (list, None for classes absent from the labels). Multi-label (`labels` 0/1
     [N, C]): mAP in percent over classes with >= 1 positive, plus `per_class_ap`. See `topk_metrics`
     for how ties and top5 with fewer than 5 classes are handled.
     """
-    img = _to_numpy(image_emb, "image_emb").astype(np.float32, copy=False)
-    cls = _to_numpy(class_emb, "class_emb").astype(np.float32, copy=False)
+    img = _to_numpy(image_emb, "image_emb").astype(np.float64)
+    cls = _to_numpy(class_emb, "class_emb").astype(np.float64)
     if img.ndim != 2 or cls.ndim != 2 or img.shape[1] != cls.shape[1]:
         raise ValueError(
             f"image_emb [N, D] and class_emb [C, D] must share D; got {img.shape} and {cls.shape}"
