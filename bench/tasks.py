@@ -6,7 +6,7 @@ One function per task type (registered in bench.registry). A metric an embedder 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bench.results import Metric
 
