@@ -93,7 +93,7 @@ def _embeddings(cache: Path) -> dict[str, np.ndarray]:
 def two_kernels(tmp_path_factory, synthetic_dir, tiny_clip_dir):
     import torch
 
-    from bench.models.tiny_clip import make_tiny_clip
+    from bench.demo.tiny_clip import make_tiny_clip
 
     native = torch.backends.cpu.get_cpu_capability()  # e.g. AVX512, AVX2, DEFAULT, SVE256
     if native.upper() == "DEFAULT":
