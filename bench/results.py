@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -117,12 +118,12 @@ class CudaInfo(Record):
 
 
 class DeviceInfo(Record):
-    type: str = "?"
-    name: str | None = None
+    type: str = "?"  # fields in the order bench.environment writes them (a dump follows this order)
     cpu: str | None = None
     cpu_count: int | None = None
     torch_threads: int | None = None
     cuda: CudaInfo | None = None
+    name: str | None = None
 
 
 class Environment(Record):
@@ -189,7 +190,7 @@ class RunResult(BaseModel):
     embedders: dict[str, EmbedderRecord] = Field(default_factory=dict)
     metrics: list[Metric] = Field(default_factory=list)
     details: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
-    timings: dict[str, dict[str, float] | float] = Field(default_factory=dict)
+    timings: dict[str, float | dict[str, float]] = Field(default_factory=dict)
     cache: dict[str, dict[str, str]] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
     complete: bool = True  # false: the run stopped; absent in a file: it finished
@@ -285,7 +286,7 @@ class RunResult(BaseModel):
         return out
 
     def _where(self) -> str:
-        return f"{self._path}: " if self._path else ""
+        return f"{self._path} is not a valid bench results file: " if self._path else ""
 
 
 def _lengths(rec: Record) -> dict[str, int]:
@@ -298,11 +299,19 @@ def _lengths(rec: Record) -> dict[str, int]:
     return out
 
 
+_UNION_TAG = re.compile(r"^(float|int|str|bool|none|(list|dict|function-after)\[.*\])$")
+
+
 def _first_error(e: ValidationError) -> str:
-    """The first problem of a pydantic error as `where: what` on one line."""
+    """The first problem of a pydantic error as `where: what, got value` on one line (union member tags,
+    such as 'float' in timings._total_s.float, left out of the place)."""
+    from bench.results_checks import _show
+
     err = e.errors()[0]
-    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
-    return f"{loc or 'value'}: {err['msg']}" if loc else err["msg"]
+    parts = [p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p))]
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    what = f"{err['msg']}, got {_show(err.get('input'))}"
+    return f"{loc}: {what}" if loc else what
 
 
 def _readable_metric(m: dict[str, Any]) -> dict[str, Any]:
