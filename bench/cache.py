@@ -19,11 +19,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.io import atomic_path, write_text_atomic
 
 CACHE_VERSION = 1
 CHECKSUM_KEY = "checksum"
@@ -111,7 +111,8 @@ class EmbeddingCache:
         status = "miss" if not loaded else ("partial" if computed else "hit")
         if computed or not meta_path.is_file():
             meta = {"shards": shards, "n": n_items, "dim": list(out.shape[1:]), "describe": describe or {}}
-            _write_text_atomic(meta_path, json.dumps(meta, indent=1, default=str))
+            write_text_atomic(meta_path, json.dumps(meta, indent=1, default=str), fsync=False,
+                              map_errors=False)
         return out, status
 
 
@@ -145,24 +146,9 @@ def read_shard(path: Path, rows: int):
 
 
 def _save_atomic(path: Path, tensor) -> None:
+    """A shard written atomically; no fsync (a damaged shard fails its checksum and is recomputed) and
+    OS errors as they are (the CLI's safety net words them)."""
     from safetensors.torch import save_file
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with atomic_path(path, fsync=False, map_errors=False) as tmp:
         save_file({"embeddings": tensor}, tmp, metadata={CHECKSUM_KEY: content_checksum(tensor)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,7 +16,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
     runs = [load_results(p) for p in args.runs]
     if len(runs) == 1:
-        out = Path(args.out) if args.out else Path(runs[0]["_path"]).parent
+        out = Path(args.out) if args.out else Path(runs[0].path or ".").parent
         paths = render_run(runs[0], out)
         for name in ("markdown", "csv", "html"):
             print(f"{name}: {paths[name]}")
@@ -39,8 +39,9 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    from bench.io import write_text_atomic
     from bench.regression import Tolerances, check_tolerance, compare
-    from bench.results import load_results, write_text_atomic
+    from bench.results import load_results
 
     # Arguments first (no file read for a typo); then both files, checked, and finished runs only.
     fail_on = _kinds(args.fail_on)
@@ -48,7 +49,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                  for name in ("quality_abs", "speed_rel", "memory_rel")
                  if getattr(args, f"{name}_tol") is not None}
     result, baseline = load_results(args.result, finished=True), load_results(args.baseline, finished=True)
-    tol = Tolerances.from_config((result.get("config") or {}).get("regression"))
+    tol = Tolerances.from_config(result.regression())
     for name, value in overrides.items():
         setattr(tol, name, value)
     comparison = compare(result, baseline, tol, fail_on)
@@ -68,7 +69,7 @@ def _cmd_baseline_accept(args: argparse.Namespace) -> int:
 
     target = args.to
     if target is None:
-        name = load_results(args.result, finished=True)["benchmark"]
+        name = load_results(args.result, finished=True).benchmark
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):  # it becomes a file name: no path in it
             raise BenchError(f"benchmark name '{name[:40]}' cannot name a baseline file: pass --to")
         target = Path("reports/baselines") / f"{name}.json"

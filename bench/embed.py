@@ -8,12 +8,11 @@ themselves are kept in the file's metadata under "texts", as JSON).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from bench.errors import BenchError, CapabilityError, DataError, OutputError
-from bench.outputs import check_writable_dir, output_error
+from bench.io import atomic_path
+from bench.outputs import check_writable_dir
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -32,7 +31,6 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
                  template: str | None = None, device: str = "auto", dtype: str = "float32", batch_size: int = 8,
                  num_workers: int = 1) -> Path:
     import torch
-    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     from bench import registry
@@ -86,21 +84,8 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
             "num_images": str(len(files))}
     if lines is not None:
         meta["texts"] = json.dumps(lines)
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=output.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-    except OSError as e:
-        raise output_error(output, e) from None
-    try:
+    with atomic_path(output) as tmp:  # a full disk: one line naming --output, no half file
         save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, output)
-    except (OSError, SafetensorError) as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise output_error(output, e) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return output
 
 

@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
-from bench.results import METRIC_KINDS
+from bench.results import METRIC_KINDS, Metric, RunResult, as_result
 
 KINDS = METRIC_KINDS
 VERDICTS = ("regressed", "improved", "unchanged", "incomparable", "new", "missing")
@@ -221,99 +221,98 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _task_settings(results: dict[str, Any], task: str, dataset: str) -> str:
+def _task_settings(results: RunResult, task: str, dataset: str) -> str:
     """Fingerprint of the config entries of one task that touch one dataset (ks, templates, C grid...)."""
-    entries = [t for t in (results.get("config") or {}).get("tasks", [])
+    entries = [t for t in results.task_entries()
                if t.get("type") == task and dataset in {t.get(k) for k in ("dataset", "train", "val", "test")}]
     return _hash(entries)
 
 
-def _runtime_settings(results: dict[str, Any]) -> str:
-    rt = dict((results.get("config") or {}).get("runtime") or {})
+def _runtime_settings(results: RunResult) -> str:
+    rt = results.runtime()
     return _hash({k: rt.get(k) for k in ("device", "dtype", "batch_size", "num_workers", "threads")})
 
 
-def _index(results: dict[str, Any]) -> dict[tuple[str, str, str], dict[str, Any]]:
-    return {(m["embedder"], m["dataset"], m["key"]): m for m in results.get("metrics", [])}
+def _index(results: RunResult) -> dict[tuple[str, str, str], Metric]:
+    return {(m.embedder, m.dataset, m.key): m for m in results.metrics}
 
 
-def _why_incomparable(result: dict, baseline: dict, m: dict[str, Any]) -> str:
+def _fingerprint(records: dict[str, Any], name: str) -> str | None:
+    rec = records.get(name)
+    return rec.fingerprint if rec is not None else None
+
+
+def _why_incomparable(result: RunResult, baseline: RunResult, m: Metric) -> str:
     """Empty when the two values measure the same thing; else the reason they do not."""
-    label, ds, kind = m["embedder"], m["dataset"], m.get("kind", "quality")
-    if result.get("benchmark") != baseline.get("benchmark"):
-        return f"benchmark {result.get('benchmark')} vs {baseline.get('benchmark')}"
-    er = (result.get("embedders") or {}).get(label, {}).get("fingerprint")
-    eb = (baseline.get("embedders") or {}).get(label, {}).get("fingerprint")
-    if er != eb:
+    label, ds = m.embedder, m.dataset
+    if result.benchmark != baseline.benchmark:
+        return f"benchmark {result.benchmark} vs {baseline.benchmark}"
+    if _fingerprint(result.embedders, label) != _fingerprint(baseline.embedders, label):
         return "model/preprocessing fingerprint differs"
     if ds not in ("", "-"):
-        dr = (result.get("datasets") or {}).get(ds, {}).get("fingerprint")
-        db = (baseline.get("datasets") or {}).get(ds, {}).get("fingerprint")
-        if dr != db:
+        if _fingerprint(result.datasets, ds) != _fingerprint(baseline.datasets, ds):
             return "data fingerprint differs"
-        if _task_settings(result, m["task"], ds) != _task_settings(baseline, m["task"], ds):
+        if _task_settings(result, m.task, ds) != _task_settings(baseline, m.task, ds):
             return "task settings differ"
-    if kind in ("speed", "memory"):
-        hr = (result.get("environment") or {}).get("hardware_fingerprint")
-        hb = (baseline.get("environment") or {}).get("hardware_fingerprint")
-        if hr != hb:
+    if m.kind in ("speed", "memory"):
+        if result.hardware != baseline.hardware:
             return "different hardware"
         if _runtime_settings(result) != _runtime_settings(baseline):
             return "runtime settings differ"
     return ""
 
 
-def compare(result: dict[str, Any], baseline: dict[str, Any], tol: Tolerances | None = None,
+def compare(result: RunResult | dict[str, Any], baseline: RunResult | dict[str, Any], tol: Tolerances | None = None,
             fail_on: tuple[str, ...] | list[str] = KINDS) -> Comparison:
-    """Verdict for every metric of `result` and `baseline` (see the module docstring)."""
-    tol = tol or Tolerances.from_config((result.get("config") or {}).get("regression"))
+    """Verdict for every metric of `result` and `baseline` (see the module docstring). Dicts (a parsed
+    results.json) are checked and read into RunResults first."""
+    result, baseline = as_result(result, "result"), as_result(baseline, "baseline")
+    tol = tol or Tolerances.from_config(result.regression())
     bad = [k for k in fail_on if k not in KINDS]
     if bad:
         raise BenchError(f"--fail-on: unknown kind '{bad[0]}'; choose from {', '.join(KINDS)}")
-    if result.get("benchmark") != baseline.get("benchmark"):
+    if result.benchmark != baseline.benchmark:
         # Not a verdict: nothing in the two files measures the same thing; comparing them is a mix-up.
-        raise BenchError(f"cannot compare benchmark '{result.get('benchmark')}' "
-                         f"({result.get('_path', 'result')}) with benchmark '{baseline.get('benchmark')}' "
-                         f"({baseline.get('_path', 'baseline')}): use the baseline of the same benchmark")
+        raise BenchError(f"cannot compare benchmark '{result.benchmark}' "
+                         f"({result.path or 'result'}) with benchmark '{baseline.benchmark}' "
+                         f"({baseline.path or 'baseline'}): use the baseline of the same benchmark")
     res, base = _index(result), _index(baseline)
     out: list[Verdict] = []
     for key in [*res, *(k for k in base if k not in res)]:
         m = res.get(key) or base[key]
-        kind = m.get("kind", "quality")
-        v = Verdict(*key, kind=kind, verdict="", unit=m.get("unit", ""))
+        v = Verdict(*key, kind=m.kind, verdict="", unit=m.unit)
         if key not in base:
-            v.verdict, v.result = "new", res[key].get("value")
+            v.verdict, v.result = "new", res[key].value
         elif key not in res:
-            v.verdict, v.baseline = "missing", base[key].get("value")
+            v.verdict, v.baseline = "missing", base[key].value
         else:
-            v.result, v.baseline = res[key].get("value"), base[key].get("value")
+            v.result, v.baseline = res[key].value, base[key].value
             lost = v.result is None and v.baseline is not None
             if lost and not _why_incomparable(result, baseline, res[key]):
                 # Same model, data and settings, and the value is gone: the run stopped computing it.
-                na = res[key].get("na_reason")
+                na = res[key].na_reason
                 v.verdict, v.reason = "missing", f"n/a in the result{': ' + na if na else ''}"
             else:
                 _judge(v, result, baseline, res[key], tol, base[key])
         out.append(v)
     notes = []
-    if result.get("synthetic") or baseline.get("synthetic"):
+    if result.synthetic or baseline.synthetic:
         notes.append("synthetic run (random tiny weights): the verdicts check the harness, not model quality")
-    hr = (result.get("environment") or {}).get("hardware_fingerprint")
-    hb = (baseline.get("environment") or {}).get("hardware_fingerprint")
-    if hr != hb:
-        notes.append(f"hardware differs ({hb} vs {hr}): speed and memory are incomparable")
-    return Comparison(out, tuple(fail_on), str(result.get("run_id", "")), str(baseline.get("run_id", "")), notes)
+    if result.hardware != baseline.hardware:
+        notes.append(f"hardware differs ({baseline.hardware} vs {result.hardware}): speed and memory are "
+                     "incomparable")
+    return Comparison(out, tuple(fail_on), result.run_id, baseline.run_id, notes)
 
 
-def _num_items(*metrics: dict[str, Any]) -> int | None:
+def _num_items(*metrics: Metric) -> int | None:
     """The larger `num_items` of the records when every one has a valid one (a positive int), else None."""
-    found = [n for n in (m.get("num_items") for m in metrics)
+    found = [n for n in (m.num_items for m in metrics)
              if isinstance(n, int) and not isinstance(n, bool) and n > 0]
     return max(found) if found and len(found) == len(metrics) else None
 
 
-def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tolerances,
-           mb: dict[str, Any] | None = None) -> None:
+def _judge(v: Verdict, result: RunResult, baseline: RunResult, m: Metric, tol: Tolerances,
+           mb: Metric | None = None) -> None:
     if v.result is None and v.baseline is None:
         v.verdict, v.reason = "unchanged", "n/a on both sides"
         return
@@ -332,12 +331,12 @@ def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tol
     else:
         change = diff
         v.delta, v.tolerance = f"{diff:+.3g}", f"±{t:g}"
-        n = _num_items(m, mb or {})
+        n = _num_items(m, mb) if mb is not None else None
         k = tol.quality_items
         if n is not None and k > 0 and 100.0 * k / n > t:
             t = 100.0 * k / n
             v.tolerance = f"±{t:.3g} ({k} of {n} items)"
-    better = change if m.get("higher_is_better", True) else -change
+    better = change if m.higher_is_better else -change
     # A tiny epsilon keeps a change of exactly the tolerance (after float noise) unchanged.
     if better < -t - 1e-12:
         v.verdict = "regressed"
@@ -349,7 +348,8 @@ def _judge(v: Verdict, result: dict, baseline: dict, m: dict[str, Any], tol: Tol
 
 def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
     """Copy a result to the baseline path (atomically); return a summary of what changed against the old one."""
-    from bench.results import load_results, write_json_atomic
+    from bench.io import write_json_atomic
+    from bench.results import load_results
 
     result = load_results(result_path, finished=True)
     baseline_path = Path(baseline_path)
@@ -360,11 +360,10 @@ def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
         except BenchError:
             old, summary = None, "replaced an unreadable baseline"
         if old is not None:
-            if old["benchmark"] != result["benchmark"]:
-                name = result["benchmark"]
-                raise BenchError(f"{baseline_path} is the baseline of benchmark '{old['benchmark']}', not "
+            if old.benchmark != result.benchmark:
+                name = result.benchmark
+                raise BenchError(f"{baseline_path} is the baseline of benchmark '{old.benchmark}', not "
                                  f"'{name}': pass --to reports/baselines/{name}.json")
             summary = "against the previous baseline: " + compare(result, old, fail_on=()).summary()
-    data = {k: v for k, v in result.items() if not k.startswith("_")}
-    write_json_atomic(baseline_path, data)
+    write_json_atomic(baseline_path, result.to_json())
     return summary

@@ -1,4 +1,12 @@
-"""Result records and the `results.json` schema. Everything a report or a comparison needs.
+"""Result records and the `results.json` schema: the one set of types a run writes and a report or a
+comparison reads back (`load_results(path) -> RunResult`). Everything a report or a comparison needs.
+
+Writing: tasks build `Metric`s (a pydantic dataclass: positional or keyword arguments, numpy numbers
+accepted), the runner a `RunResult`; `RunResult.to_json()` is the file's content. Reading: the raw JSON
+is checked first (bench.results_checks: NaN, wrong types, schema version; one-line messages), then
+validated into the same types, so an unexpected field type is a one-line error too, never a traceback
+later in a report. Free-form parts (config, details, describe) stay dicts; the parts a report draws
+from `details` are checked on reading (`RunResult.curves()`, `RunResult.per_class()`).
 
 results.json (schema_version 1):
 {
@@ -39,19 +47,27 @@ results.json (schema_version 1):
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
-import os
-import tempfile
-from dataclasses import asdict, dataclass, field
+import re
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic.dataclasses import dataclass
+
+from bench.io import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: the one writer)
+from bench.results_checks import METRIC_KINDS, SCHEMA_VERSION, check_results
+
+__all__ = ["METRIC_KINDS", "SCHEMA_VERSION", "Metric", "RunResult", "Environment", "DatasetSummary",
+           "EmbedderRecord", "RetrievalCurves", "PerClass", "check_results", "load_results", "as_result"]
 
 
 @dataclass
 class Metric:
+    """One row of results.json: (embedder, task, dataset, key) and its value, with the facts a reader
+    needs to judge it (unit, direction, kind, protocol), declared where the metric is computed."""
+
     embedder: str
     task: str
     dataset: str
@@ -67,7 +83,7 @@ class Metric:
     num_items: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = dataclasses.asdict(self)
         if d["num_items"] is None:
             del d["num_items"]
         if d["value"] is not None:
@@ -80,105 +96,260 @@ class Metric:
         return d
 
 
-@dataclass
-class RunResult:
-    benchmark: str
-    run_id: str
-    created: str
-    config_path: str
-    config: dict[str, Any]
-    environment: dict[str, Any]
-    datasets: dict[str, Any] = field(default_factory=dict)
-    embedders: dict[str, Any] = field(default_factory=dict)
-    metrics: list[Metric] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
-    timings: dict[str, Any] = field(default_factory=dict)
-    cache: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    synthetic: bool = False
+class Record(BaseModel):
+    """A typed sub-record: known fields typed, unknown ones kept (a newer bench may add some), and
+    written back with exactly the keys it was given."""
+
+    model_config = ConfigDict(extra="allow")
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "benchmark": self.benchmark,
-            "run_id": self.run_id,
-            "created": self.created,
-            "config_path": self.config_path,
-            "config": self.config,
-            "environment": self.environment,
-            "synthetic": self.synthetic,
-            "datasets": self.datasets,
-            "embedders": self.embedders,
+        return self.model_dump(exclude_unset=True)  # python values: the writer converts numpy and paths
+
+
+class GitInfo(Record):
+    commit: str | None = None
+    dirty: bool | None = None
+
+
+class CudaInfo(Record):
+    name: str | None = None
+    capability: str | None = None
+    total_mib: int | None = None
+
+
+class DeviceInfo(Record):
+    type: str = "?"  # fields in the order bench.environment writes them (a dump follows this order)
+    cpu: str | None = None
+    cpu_count: int | None = None
+    torch_threads: int | None = None
+    cuda: CudaInfo | None = None
+    name: str | None = None
+
+
+class Environment(Record):
+    python: str | None = None
+    platform: str | None = None
+    executable: str | None = None
+    packages: dict[str, str | None] = Field(default_factory=dict)
+    git: GitInfo | None = None
+    device: DeviceInfo | None = None
+    hardware_fingerprint: str | None = None
+
+
+class DatasetSummary(Record):
+    type: str = ""
+    fingerprint: str | None = None
+    num_images: int | None = None
+    num_captions: int | None = None
+    num_classes: int | None = None
+    multilabel: bool | None = None
+    skipped_images: int | None = None
+    skipped_captions: int | None = None
+    duplicates_dropped: int | None = None
+
+
+class EmbedderRecord(Record):
+    type: str = ""
+    fingerprint: str | None = None
+    fingerprint_detail: dict[str, Any] = Field(default_factory=dict)
+    describe: dict[str, Any] = Field(default_factory=dict)
+    modalities: list[str] = Field(default_factory=list)
+    random_weights: bool = False
+
+
+class RetrievalCurves(Record):
+    """details[label]["retrieval/<dataset>"]: recall@k (%) for each k, both directions."""
+
+    ks: list[float]
+    i2t: list[float | None]
+    t2i: list[float | None]
+
+
+class PerClass(Record):
+    """details[label]["linear_probe/<dataset>"]: per-class accuracy (or AP, multi-label), percent."""
+
+    class_names: list[str]
+    per_class_accuracy: list[float | None] | None = None
+    per_class_ap: list[float | None] | None = None
+
+
+class RunResult(BaseModel):
+    """A whole results.json (see the module docstring for the layout)."""
+
+    model_config = ConfigDict(validate_assignment=True, extra="allow")
+
+    schema_version: int = SCHEMA_VERSION
+    benchmark: str
+    run_id: str = ""
+    created: str = ""
+    config_path: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    environment: Environment = Field(default_factory=Environment)
+    synthetic: bool = False
+    datasets: dict[str, DatasetSummary] = Field(default_factory=dict)
+    embedders: dict[str, EmbedderRecord] = Field(default_factory=dict)
+    metrics: list[Metric] = Field(default_factory=list)
+    details: dict[str, dict[str, dict[str, Any]]] = Field(default_factory=dict)
+    timings: dict[str, float | dict[str, float]] = Field(default_factory=dict)
+    cache: dict[str, dict[str, str]] = Field(default_factory=dict)
+    notes: list[str] = Field(default_factory=list)
+    complete: bool = True  # false: the run stopped; absent in a file: it finished
+    error: str | None = None
+    _path: str | None = PrivateAttr(default=None)
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if not 1 <= v <= SCHEMA_VERSION:
+            raise ValueError(f"schema_version {v}; this bench reads 1 to {SCHEMA_VERSION}")
+        return v
+
+    @property
+    def path(self) -> str | None:
+        """The file it was read from (None when built in memory)."""
+        return self._path
+
+    def to_json(self) -> dict[str, Any]:
+        """The results.json content: the documented keys in their documented order."""
+        out: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION, "benchmark": self.benchmark, "run_id": self.run_id,
+            "created": self.created, "config_path": self.config_path, "config": self.config,
+            "environment": self.environment.to_json(), "synthetic": self.synthetic,
+            "datasets": {k: v.to_json() for k, v in self.datasets.items()},
+            "embedders": {k: v.to_json() for k, v in self.embedders.items()},
             "metrics": [m.to_json() for m in self.metrics],
-            "details": self.details,
-            "timings": self.timings,
-            "cache": self.cache,
-            "notes": self.notes,
+            "details": self.details, "timings": self.timings, "cache": self.cache, "notes": self.notes,
         }
+        out.update(self.model_extra or {})  # keys of a newer writer, kept
+        out["complete"] = self.complete
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+    # Typed views of the config parts that compare relies on.
+    def task_entries(self) -> list[dict[str, Any]]:
+        """The config's task entries (each a dict; checked by check_results on reading)."""
+        return list(self.config.get("tasks") or [])
+
+    def runtime(self) -> dict[str, Any]:
+        return dict(self.config.get("runtime") or {})
+
+    def regression(self) -> dict[str, Any] | None:
+        return self.config.get("regression")
+
+    @property
+    def git_commit(self) -> str | None:
+        return self.environment.git.commit if self.environment.git else None
+
+    @property
+    def hardware(self) -> str | None:
+        return self.environment.hardware_fingerprint
+
+    def embedder_labels(self) -> list[str]:
+        """Embedders in config order, then any that only appear in metrics."""
+        labels = list(self.embedders)
+        for m in self.metrics:
+            if m.embedder not in labels:
+                labels.append(m.embedder)
+        return labels
+
+    def curves(self) -> dict[str, dict[str, RetrievalCurves]]:
+        """{dataset: {embedder: recall@k curves}} from details; BenchError (one line) on a malformed entry."""
+        return self._details_of("retrieval/", RetrievalCurves)
+
+    def per_class(self) -> dict[str, dict[str, PerClass]]:
+        """{dataset: {embedder: per-class probe figures}} from details; BenchError on a malformed entry."""
+        return self._details_of("linear_probe/", PerClass)
+
+    def _details_of(self, prefix: str, model: type[Record]) -> dict[str, dict[str, Any]]:
+        from bench.errors import BenchError
+
+        out: dict[str, dict[str, Any]] = {}
+        for label, det in self.details.items():
+            for key, d in det.items():
+                if not key.startswith(prefix):
+                    continue
+                if model is RetrievalCurves and not d.get("ks"):
+                    continue
+                if model is PerClass and not d.get("class_names"):
+                    continue
+                where = f"details[{label!r}][{key!r}]"
+                try:
+                    rec = model.model_validate(d)
+                except ValidationError as e:
+                    raise BenchError(f"{self._where()}{where}: {_first_error(e)}") from None
+                lengths = _lengths(rec)
+                if len(set(lengths.values())) > 1:
+                    sizes = ", ".join(f"{k} {n}" for k, n in lengths.items())
+                    raise BenchError(f"{self._where()}{where}: lists of different lengths ({sizes})")
+                out.setdefault(key.split("/", 1)[1], {})[label] = rec
+        return out
+
+    def _where(self) -> str:
+        return f"{self._path} is not a valid bench results file: " if self._path else ""
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+def _lengths(rec: Record) -> dict[str, int]:
+    if isinstance(rec, RetrievalCurves):
+        return {"ks": len(rec.ks), "i2t": len(rec.i2t), "t2i": len(rec.t2i)}
+    out = {"class_names": len(getattr(rec, "class_names", []))}
+    for name in ("per_class_accuracy", "per_class_ap"):
+        if getattr(rec, name) is not None:
+            out[name] = len(getattr(rec, name))
+    return out
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write text through a temporary file and a rename, so a killed run leaves no half file.
+_UNION_TAG = re.compile(r"^(float|int|str|bool|none|(list|dict|function-after)\[.*\])$")
 
-    An OS error (read-only folder, a file in the way, full disk) is an OutputError naming `path`,
-    and the temporary file is removed.
-    """
-    from bench.outputs import output_error
 
-    path = Path(path)
+def _first_error(e: ValidationError) -> str:
+    """The first problem of a pydantic error as `where: what, got value` on one line (union member tags,
+    such as 'float' in timings._total_s.float, left out of the place)."""
+    from bench.results_checks import _show
+
+    err = e.errors()[0]
+    parts = [p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.match(p))]
+    loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in parts).lstrip(".")
+    what = f"{err['msg']}, got {_show(err.get('input'))}"
+    return f"{loc}: {what}" if loc else what
+
+
+def _readable_metric(m: dict[str, Any]) -> dict[str, Any]:
+    """A metric as read: a null unit/protocol/direction means the default, and a `num_items` that is not a
+    positive integer means unknown (bench.regression then uses the configured tolerance)."""
+    out = {k: v for k, v in m.items() if not (v is None and k in ("unit", "protocol", "higher_is_better"))}
+    n = out.get("num_items")
+    if n is not None and not (isinstance(n, int) and not isinstance(n, bool) and n > 0):
+        del out["num_items"]
+    return out
+
+
+def as_result(data: RunResult | dict[str, Any], where: str = "results") -> RunResult:
+    """A RunResult from itself or from a parsed results.json dict (checked; BenchError, one line)."""
+    from bench.errors import BenchError
+
+    if isinstance(data, RunResult):
+        return data
+    problem = check_results(data)
+    if problem:
+        raise BenchError(f"{where} is not a valid bench results file: {problem}")
+    clean = {k: v for k, v in data.items() if not k.startswith("_")}
+    clean["metrics"] = [_readable_metric(m) for m in data["metrics"]]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise output_error(path, e) from None
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results and reports are meant to be shared
-        # errors="replace": a stray lone surrogate in some label must not lose a finished run's report.
-        _write_all(fd, text.encode("utf-8", errors="replace"))
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise output_error(path, e) from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+        result = RunResult.model_validate(clean)
+    except ValidationError as e:
+        raise BenchError(f"{where} is not a valid bench results file: {_first_error(e)}") from None
+    if isinstance(data.get("_path"), str):
+        result._path = data["_path"]
+    return result
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write every byte to `fd` and close it (closed on failure too)."""
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-
-
-def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """JSON (indented, numpy values converted) written atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, Path):
-        return str(o)
-    try:
-        import numpy as np
-
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def load_results(path: str | Path, *, finished: bool = False) -> dict[str, Any]:
+def load_results(path: str | Path, *, finished: bool = False) -> RunResult:
     """Read and check a results.json (or a run folder holding one); BenchError (one line, exit 2) when it is
     unreadable or not a valid results file. `finished=True` (compare, baseline accept) also refuses a run that
     did not finish (`complete: false`): its missing embedders would read as missing metrics."""
+    import json
+
     from bench.errors import BenchError
 
     p = Path(path)
@@ -190,107 +361,10 @@ def load_results(path: str | Path, *, finished: bool = False) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise BenchError(f"cannot read results {p}: {e}") from None
-    problem = check_results(data)
-    if problem:
-        raise BenchError(f"{p} is not a valid bench results file: {problem}")
-    if finished and data.get("complete") is False:
+    result = as_result(data, str(p))
+    result._path = str(p)
+    if finished and not result.complete:
         raise BenchError(f"{p}: the run did not finish (complete: false); use a finished run "
                          f"(rerun it with bench run)")
-    data["_path"] = str(p)
-    return data
-
-
-METRIC_KINDS = ("quality", "speed", "memory")
-_SECTIONS = ("config", "environment", "datasets", "embedders", "details", "timings", "cache")
-
-
-def check_results(data: Any) -> str:
-    """The first problem of a parsed results.json, or '' when it is usable. Checked after parsing because
-    Python's json reads NaN and Infinity literals as floats, and a hand-edited or foreign file can hold
-    anything: every field compare and report index into must have the type they expect."""
-    if not isinstance(data, dict):
-        return f"the top level is a JSON {_jtype(data)}, not an object"
-    if "schema_version" not in data or "metrics" not in data:
-        return "no schema_version/metrics"
-    sv = data["schema_version"]
-    if not _is_int(sv) or sv < 1:
-        return f"schema_version must be an integer from 1 to {SCHEMA_VERSION}, got {_show(sv)}"
-    if sv > SCHEMA_VERSION:
-        return f"schema_version {sv}; this bench reads up to {SCHEMA_VERSION}: upgrade bench"
-    if not isinstance(data.get("benchmark"), str) or not data["benchmark"]:
-        return f"'benchmark' must be a non-empty string, got {_show(data.get('benchmark'))}"
-    if "complete" in data and not isinstance(data["complete"], bool):
-        return f"'complete' must be true or false, got {_show(data['complete'])}"
-    for name in _SECTIONS:
-        if name in data and not isinstance(data[name], dict):
-            return f"'{name}' must be an object, got a JSON {_jtype(data[name])}"
-    for name in ("datasets", "embedders", "details"):  # one object per dataset / embedder
-        for label, entry in data.get(name, {}).items():
-            if not isinstance(entry, dict):
-                return f"{name}[{_show(label)}] must be an object, got a JSON {_jtype(entry)}"
-    notes = data.get("notes", [])
-    if not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
-        return "'notes' must be a list of strings"
-    config = data.get("config", {})
-    for name in ("runtime", "regression"):
-        if config.get(name) is not None and not isinstance(config[name], dict):
-            return f"config.{name} must be an object, got a JSON {_jtype(config[name])}"
-    tasks = config.get("tasks", [])
-    if not (isinstance(tasks, list) and all(isinstance(t, dict) for t in tasks)):
-        return "config.tasks must be a list of objects"
-    for i, t in enumerate(tasks):
-        for name in ("type", "dataset", "train", "val", "test"):  # compare matches metrics to tasks by these
-            if t.get(name) is not None and not isinstance(t[name], str):
-                return f"config.tasks[{i}].{name} must be a string, got {_show(t[name])}"
-    metrics = data["metrics"]
-    if not isinstance(metrics, list):
-        return f"'metrics' must be a list of metric objects, got a JSON {_jtype(metrics)}"
-    if not metrics:
-        return "'metrics' is empty: the run recorded no metric"
-    for i, m in enumerate(metrics):
-        problem = _check_metric(m)
-        if problem:
-            return f"metrics[{i}]{_label(m)}: {problem}"
-    return ""
-
-
-def _check_metric(m: Any) -> str:
-    if not isinstance(m, dict):
-        return f"a JSON {_jtype(m)}, not an object"
-    for name in ("embedder", "task", "dataset", "key"):
-        if not isinstance(m.get(name), str) or not m[name]:
-            return f"'{name}' must be a non-empty string, got {_show(m.get(name))}"
-    if m.get("kind") not in METRIC_KINDS:
-        return f"'kind' must be one of {', '.join(METRIC_KINDS)}, got {_show(m.get('kind'))}"
-    v = m.get("value")
-    if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
-        return f"'value' must be a finite number or null, got {_show(v)}"
-    if "higher_is_better" in m and not isinstance(m["higher_is_better"], bool):
-        return f"'higher_is_better' must be true or false, got {_show(m['higher_is_better'])}"
-    for name in ("unit", "protocol", "na_reason"):
-        if m.get(name) is not None and not isinstance(m[name], str):
-            return f"'{name}' must be a string, got {_show(m[name])}"
-    return ""
-
-
-def _label(m: Any) -> str:
-    """' (embedder, key)' when the metric names them, for the error message."""
-    if isinstance(m, dict) and isinstance(m.get("embedder"), str) and isinstance(m.get("key"), str):
-        return f" ({_show(m['embedder'], 10**6)[1:-1][:40]}, {_show(m['key'], 10**6)[1:-1][:60]})"
-    return ""
-
-
-def _show(v: Any, limit: int = 60) -> str:
-    """A value as JSON on one line (NaN/Infinity as such), shortened: it goes into a one-line error."""
-    text = json.dumps(v, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _jtype(v: Any) -> str:
-    """The JSON name of a parsed value's type (a user reads JSON, not Python)."""
-    names = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
-    return names.get(type(v), "number")
+    result.curves(), result.per_class()  # what the report draws: checked now, in one line
+    return result

@@ -22,7 +22,8 @@ from bench.cache import EmbeddingCache, cache_key
 from bench.config import Config, check_paths, resolved_dict
 from bench.embedders.base import Embedder, RuntimeOptions, check_finite, resolve_torch_dtype
 from bench.outputs import check_run_outputs
-from bench.results import Metric, RunResult, write_json_atomic
+from bench.io import write_json_atomic
+from bench.results import EmbedderRecord, Metric, RunResult
 
 
 def _log(msg: str) -> None:
@@ -278,11 +279,11 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         erun = EmbedderRun(ctx, label, embedder)
         erun.timings["load"] = round(load_s, 4)
         describe = embedder.describe()
-        result.embedders[label] = {
-            "type": spec.type, "fingerprint": short_hash(erun.fingerprint), "fingerprint_detail": erun.fingerprint,
-            "describe": describe, "modalities": sorted(embedder.modalities),
-            "random_weights": bool(cfg.synthetic or describe.get("random_weights")),
-        }
+        result.embedders[label] = EmbedderRecord(
+            type=spec.type, fingerprint=short_hash(erun.fingerprint), fingerprint_detail=erun.fingerprint,
+            describe=describe, modalities=sorted(embedder.modalities),
+            random_weights=bool(cfg.synthetic or describe.get("random_weights")),
+        )
         for task in cfg.tasks:
             _log(f"{label}: {task.type}")
             fn = registry.resolve("task", task.type)
@@ -303,5 +304,5 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
     if render:
         from bench.report import render_run
 
-        render_run(result.to_json(), out_dir)
+        render_run(result, out_dir)
     return out_dir

@@ -163,9 +163,9 @@ def _enospc(msg: str = "No space left on device"):
 def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, synthetic_dir, tiny_clip_dir):
     """The disk fills after the checks: the report being written is not left half-written, the results
     written before it stay whole, and the error is one line naming the file."""
-    import bench.results
+    import bench.io
 
-    real = bench.results._write_all
+    real = bench.io._write_all
 
     def half_then_full(fd, data):
         if b"<html" in data[:200]:
@@ -174,7 +174,7 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, synth
             raise _enospc()
         return real(fd, data)
 
-    monkeypatch.setattr(bench.results, "_write_all", half_then_full)
+    monkeypatch.setattr(bench.io, "_write_all", half_then_full)
     out = tmp_path / "out"
     rc, err, lines = _cli(capsys, "run", str(_config(tmp_path, synthetic_dir, tiny_clip_dir)), "--no-progress",
                           "--out", str(out))

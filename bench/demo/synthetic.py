@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.errors import ConfigError, DataError
+from bench.io import write_text_atomic
 
 GENERATOR_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -305,10 +306,8 @@ def _paths(out: Path) -> dict[str, Path]:
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, separators=(",", ":"))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, ensure_ascii=False, separators=(",", ":")), fsync=False,
+                      map_errors=False)
 
 
 def _is_complete(paths: dict[str, Path], params: dict) -> bool:

@@ -10,24 +10,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bench.results import write_text_atomic as _write_text_atomic
+from bench.io import write_text_atomic as _write_text_atomic
+from bench.results import RunResult, as_result
 
 CSV_COLUMNS = ["benchmark", "run_id", "created", "embedder", "task", "dataset", "key", "value", "unit",
                "higher_is_better", "kind", "na_reason", "protocol"]
 
 
-def metrics_frame(results: dict[str, Any]):
+def metrics_frame(results: RunResult | dict[str, Any]):
     """Every metric record as one row of a pandas DataFrame (columns: CSV_COLUMNS)."""
     import pandas as pd
 
-    rows = [{"benchmark": results.get("benchmark"), "run_id": results.get("run_id"),
-             "created": results.get("created"), **{k: m.get(k) for k in CSV_COLUMNS[3:]}}
-            for m in results.get("metrics", [])]
+    results = as_result(results)
+    rows = [{"benchmark": results.benchmark, "run_id": results.run_id, "created": results.created,
+             **{k: getattr(m, k) for k in CSV_COLUMNS[3:]}} for m in results.metrics]
     return pd.DataFrame(rows, columns=CSV_COLUMNS)
 
 
-def render_run(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
+def render_run(results: RunResult | dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write report.md, report.html and metrics.csv for one run into out_dir; return their paths."""
+    results = as_result(results)
     from bench.report.html import render_html
     from bench.report.markdown import render_markdown
     from bench.report.plots import all_plots
@@ -39,12 +41,12 @@ def render_run(results: dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     return paths
 
 
-def _run_label(results: dict[str, Any]) -> str:
-    commit = ((results.get("environment") or {}).get("git") or {}).get("commit") or "-------"
-    return f"{str(results.get('created', '?'))[:16].replace('T', ' ')} {commit[:7]}"
+def _run_label(results: RunResult) -> str:
+    commit = results.git_commit or "-------"
+    return f"{(results.created or '?')[:16].replace('T', ' ')} {commit[:7]}"
 
 
-def render_history(results_list: list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+def render_history(results_list: list[RunResult] | list[dict[str, Any]], out_dir: str | Path) -> dict[str, Path]:
     """Several runs of one benchmark: every (embedder, dataset, metric) over runs ordered by date."""
     from bench.errors import BenchError
     from bench.report.html import render_history_html
@@ -54,19 +56,20 @@ def render_history(results_list: list[dict[str, Any]], out_dir: str | Path) -> d
 
     if not results_list:
         raise BenchError("no runs to draw a history from")
-    names = sorted({str(r.get("benchmark")) for r in results_list})
+    results_list = [as_result(r) for r in results_list]
+    names = sorted({r.benchmark for r in results_list})
     if len(names) > 1:
         raise BenchError(f"a history needs runs of one benchmark; got {', '.join(names)} "
                          f"(pass the run folders of one config)")
-    runs = sorted(results_list, key=lambda r: str(r.get("created", "")))
+    runs = sorted(results_list, key=lambda r: r.created)
     labels = [_run_label(r) for r in runs]
     series: dict[tuple[str, str, str], list[float | None]] = {}
     units: dict[tuple[str, str, str], str] = {}
     for i, r in enumerate(runs):
-        for m in r.get("metrics", []):
-            key = (m["embedder"], m["dataset"], m["key"])
-            series.setdefault(key, [None] * len(runs))[i] = m.get("value")
-            units[key] = m.get("unit", "")
+        for m in r.metrics:
+            key = (m.embedder, m.dataset, m.key)
+            series.setdefault(key, [None] * len(runs))[i] = m.value
+            units[key] = m.unit
     header = ["embedder", "dataset", "metric", *labels]
     rows = [[e, d, k, *(format_value(v, units[(e, d, k)]) for v in vals)] for (e, d, k), vals in series.items()]
     plotted = {f"{e} · {d} · {k}": list(zip(labels, vals)) for (e, d, k), vals in series.items()

@@ -7,6 +7,7 @@ from html import escape
 from typing import Any
 
 from bench.report.plots import Plot
+from bench.results import RunResult, as_result
 from bench.report.tables import (NOT_MEASURED, SYNTHETIC_WARNING, Tables, build_tables, dataset_rows,
                                  embedder_rows, headline, protocols, run_facts)
 
@@ -68,16 +69,17 @@ def _figure(plot: Plot) -> str:
             f"<figcaption>{escape(plot.title)}</figcaption></figure>")
 
 
-def render_html(results: dict[str, Any], plots: list[Plot]) -> str:
+def render_html(results: RunResult | dict[str, Any], plots: list[Plot]) -> str:
+    results = as_result(results)
     tables = build_tables(results)
-    title = f"bench report: {results.get('benchmark', '?')}"
+    title = f"bench report: {results.benchmark or '?'}"
     body = [f"<h1>{escape(title)}</h1>",
             '<p class="muted">' + " · ".join(f"<b>{escape(k)}</b>: {escape(v)}" for k, v in
-                                             [("run", str(results.get("run_id", "?"))), *headline(results)]) + "</p>"]
-    if results.get("synthetic"):
+                                             [("run", results.run_id or "?"), *headline(results)]) + "</p>"]
+    if results.synthetic:
         body.append(f'<div class="warn">WARNING: {escape(SYNTHETIC_WARNING)}</div>')
-    if results.get("complete") is False:
-        error = f" Error: {escape(str(results['error']))}" if results.get("error") else ""
+    if not results.complete:
+        error = f" Error: {escape(results.error)}" if results.error else ""
         body.append('<div class="warn">This run did not finish: the tables hold the embedders completed '
                     f'so far.{error}</div>')
     body += ["<h2>Summary</h2>",
@@ -94,7 +96,7 @@ def render_html(results: dict[str, Any], plots: list[Plot]) -> str:
     prot = protocols(results)
     if prot:
         body += ["<h2>Protocols</h2><ul>"] + [f"<li><b>{escape(t)}</b>: {escape(p)}</li>" for t, p in prot] + ["</ul>"]
-    notes = results.get("notes") or []
+    notes = results.notes
     if notes:
         body += ["<h2>Notes</h2><ul>"] + [f"<li>{escape(n)}</li>" for n in notes] + ["</ul>"]
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.results import RunResult, as_result
 from bench.report.tables import (NOT_MEASURED, SYNTHETIC_WARNING, Tables, build_tables, dataset_rows,
                                  embedder_rows, headline, protocols, run_facts)
 
@@ -40,15 +41,16 @@ def metric_tables_md(tables: Tables) -> list[str]:
     return lines
 
 
-def render_markdown(results: dict[str, Any]) -> str:
+def render_markdown(results: RunResult | dict[str, Any]) -> str:
+    results = as_result(results)
     tables = build_tables(results)
-    lines = [f"# bench report: {results.get('benchmark', '?')}", ""]
-    if results.get("synthetic"):
+    lines = [f"# bench report: {results.benchmark or '?'}", ""]
+    if results.synthetic:
         lines += [f"> **WARNING: {SYNTHETIC_WARNING}**", ""]
     lines += [" · ".join(f"**{k}**: {v}" for k, v in headline(results)), ""]
-    if results.get("complete") is False:
+    if not results.complete:
         lines += ["> **This run did not finish: the tables hold the embedders completed so far.**"
-                  + (f" Error: {results['error']}" if results.get("error") else ""), ""]
+                  + (f" Error: {results.error}" if results.error else ""), ""]
     lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better; {NOT_MEASURED} not measured).",
               ""]
     lines += metric_tables_md(tables)
@@ -60,6 +62,6 @@ def render_markdown(results: dict[str, Any]) -> str:
     prot = protocols(results)
     if prot:
         lines += ["", "## Protocols", ""] + [f"- **{t}**: {p}" for t, p in prot]
-    for note in results.get("notes", []) or []:
+    for note in results.notes:
         lines += ["", f"- {note}"]
     return "\n".join(lines).rstrip() + "\n"

@@ -1,14 +1,17 @@
 """Matplotlib figures for the HTML report, returned as PNG bytes (Agg backend, imported lazily).
 
-Every function takes the results dict and returns a list of `Plot`s; a plot whose data is missing
+Every function takes a RunResult and returns a list of `Plot`s; a plot whose data is missing
 (an image-only embedder has no recall curve, a run without a speed task has no scatter) is skipped.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from bench.results import RunResult, as_result
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 
@@ -40,25 +43,22 @@ def _color(labels: list[str], label: str) -> str:
     return _COLORS[labels.index(label) % len(_COLORS)] if label in labels else "#555555"
 
 
-def recall_curves(results: dict[str, Any]) -> list[Plot]:
+def recall_curves(results: RunResult) -> list[Plot]:
     """Recall@k against k, one panel per direction, one line per embedder, per retrieval dataset."""
-    labels = list(results.get("embedders", {}))
-    per_ds: dict[str, dict[str, dict]] = {}
-    for label, det in (results.get("details") or {}).items():
-        for key, d in det.items():
-            if key.startswith("retrieval/") and d.get("ks"):
-                per_ds.setdefault(key.split("/", 1)[1], {})[label] = d
+    labels = list(results.embedders)
+    per_ds = results.curves()
     plots = []
     plt = _plt()
     for ds, by_label in per_ds.items():
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
         for ax, direction, name in ((axes[0], "i2t", "image → text"), (axes[1], "t2i", "text → image")):
             for label, d in by_label.items():
-                ax.plot(d["ks"], d[direction], marker="o", label=label, color=_color(labels, label))
+                ys = [math.nan if y is None else y for y in getattr(d, direction)]
+                ax.plot(d.ks, ys, marker="o", label=label, color=_color(labels, label))
             ax.set_title(name)
             ax.set_xlabel("k")
             ax.set_xscale("log")
-            ax.set_xticks(by_label[next(iter(by_label))]["ks"])
+            ax.set_xticks(next(iter(by_label.values())).ks)
             ax.get_xaxis().set_major_formatter(plt.matplotlib.ticker.ScalarFormatter())
             ax.grid(alpha=0.3)
         axes[0].set_ylabel("recall@k (%)")
@@ -83,19 +83,19 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]], 
     ax.set_xticklabels(groups, fontsize=7, rotation=30, ha="right")
 
 
-def accuracy_bars(results: dict[str, Any]) -> list[Plot]:
+def accuracy_bars(results: RunResult) -> list[Plot]:
     """Linear-probe and zero-shot headline accuracies, grouped by metric, one bar per embedder."""
-    labels = list(results.get("embedders", {}))
+    labels = list(results.embedders)
     wanted = ("probe/top1", "probe/mAP", "probe/mean_per_class_recall", "zeroshot/top1",
               "zeroshot/mean_per_class_recall")
     groups: list[str] = []
     values: dict[tuple[str, str], float | None] = {}
-    for m in results.get("metrics", []):
-        if m["key"] in wanted:
-            g = f"{m['key']}\n{m['dataset']}"
+    for m in results.metrics:
+        if m.key in wanted:
+            g = f"{m.key}\n{m.dataset}"
             if g not in groups:
                 groups.append(g)
-            values[(g, m["embedder"])] = m.get("value")
+            values[(g, m.embedder)] = m.value
     if not groups:
         return []
     used = [lb for lb in labels if any((g, lb) in values for g in groups)]
@@ -112,15 +112,15 @@ def accuracy_bars(results: dict[str, Any]) -> list[Plot]:
                  f"bar chart of {len(groups)} accuracy metrics for {', '.join(used)}", _png(fig))]
 
 
-def speed_memory(results: dict[str, Any]) -> list[Plot]:
+def speed_memory(results: RunResult) -> list[Plot]:
     """End-to-end images/s against peak memory, one point per embedder and speed dataset."""
-    labels = list(results.get("embedders", {}))
+    labels = list(results.embedders)
     pts: dict[tuple[str, str], dict[str, float]] = {}
-    for m in results.get("metrics", []):
-        if m.get("value") is None:
+    for m in results.metrics:
+        if m.value is None:
             continue
-        if m["key"] in ("speed/images_per_s", "memory/peak_allocated_mib", "memory/peak_rss_mib"):
-            pts.setdefault((m["embedder"], m["dataset"]), {})[m["key"]] = m["value"]
+        if m.key in ("speed/images_per_s", "memory/peak_allocated_mib", "memory/peak_rss_mib"):
+            pts.setdefault((m.embedder, m.dataset), {})[m.key] = m.value
     pts = {k: v for k, v in pts.items() if "speed/images_per_s" in v
            and ("memory/peak_allocated_mib" in v or "memory/peak_rss_mib" in v)}
     if not pts:
@@ -157,21 +157,18 @@ def speed_memory(results: dict[str, Any]) -> list[Plot]:
                  f"one point per embedder: {', '.join(sorted({k[0] for k in pts}))}", _png(fig))]
 
 
-def per_class(results: dict[str, Any]) -> list[Plot]:
+def per_class(results: RunResult) -> list[Plot]:
     """Per-class probe accuracy (or AP for multi-label data), one bar per embedder per class."""
-    labels = list(results.get("embedders", {}))
-    per_ds: dict[str, dict[str, dict]] = {}
-    for label, det in (results.get("details") or {}).items():
-        for key, d in det.items():
-            if key.startswith("linear_probe/") and d.get("class_names"):
-                per_ds.setdefault(key.split("/", 1)[1], {})[label] = d
+    labels = list(results.embedders)
+    per_ds = results.per_class()
     plots = []
     plt = _plt()
     for ds, by_label in per_ds.items():
         first = next(iter(by_label.values()))
-        field = "per_class_accuracy" if "per_class_accuracy" in first else "per_class_ap"
-        names = first["class_names"]
-        series = {label: list(d.get(field) or []) for label, d in by_label.items()}  # percent, None = absent
+        field = "per_class_accuracy" if first.per_class_accuracy is not None else "per_class_ap"
+        names = first.class_names
+        # percent, None = absent; an embedder without the figure (or with fewer classes) gets n/a bars
+        series = {label: _padded(getattr(d, field) or [], len(names)) for label, d in by_label.items()}
         plt_h = max(3.0, 0.35 * len(names) * max(1, len(series)) / 2 + 1)
         if len(names) > 40:  # a long tail of classes: keep the picture readable
             names = names[:40]
@@ -188,7 +185,12 @@ def per_class(results: dict[str, Any]) -> list[Plot]:
     return plots
 
 
-def all_plots(results: dict[str, Any]) -> list[Plot]:
+def _padded(values: list[float | None], n: int) -> list[float | None]:
+    return (list(values) + [None] * n)[:n]
+
+
+def all_plots(results: RunResult | dict[str, Any]) -> list[Plot]:
+    results = as_result(results)
     return [*recall_curves(results), *accuracy_bars(results), *speed_memory(results), *per_class(results)]
 
 

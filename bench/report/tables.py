@@ -1,4 +1,4 @@
-"""Tables built from a results dict, shared by the Markdown and HTML renderers (no torch, no matplotlib).
+"""Tables built from a RunResult, shared by the Markdown and HTML renderers (no torch, no matplotlib).
 
 A table is a list of `Section`s (one per task and dataset); each row is one metric key with one cell
 per embedder. Cells carry the formatted text, whether the value is the best of its row, and the
@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from bench.results import RunResult, as_result
 
 TASK_TITLES = {"retrieval": "Retrieval", "linear_probe": "Linear probe", "zeroshot": "Zero-shot classification",
                "speed": "Speed and memory", "load": "Loading"}
@@ -73,38 +75,33 @@ def format_value(value: float | None, unit: str = "", with_unit: bool = True) ->
     return f"{text} {unit}" if with_unit and unit and unit != "%" else text
 
 
-def embedder_labels(results: dict[str, Any]) -> list[str]:
+def embedder_labels(results: RunResult | dict[str, Any]) -> list[str]:
     """Embedders in config order, then any that only appear in metrics."""
-    labels = list(results.get("embedders", {}))
-    for m in results.get("metrics", []):
-        if m["embedder"] not in labels:
-            labels.append(m["embedder"])
-    return labels
+    return as_result(results).embedder_labels()
 
 
-def build_tables(results: dict[str, Any]) -> Tables:
+def build_tables(results: RunResult | dict[str, Any]) -> Tables:
     """Group metric records into sections and mark the best value of each row (ties: all best)."""
-    labels = embedder_labels(results)
+    results = as_result(results)
+    labels = results.embedder_labels()
     sections: dict[tuple[str, str], Section] = {}
     rows: dict[tuple[str, str, str], Row] = {}
     notes: list[str] = []
-    for m in results.get("metrics", []):
-        skey = (m["task"], m["dataset"])
+    for m in results.metrics:
+        skey = (m.task, m.dataset)
         if skey not in sections:
-            sections[skey] = Section(m["task"], m["dataset"])
-        rkey = (*skey, m["key"])
-        if rkey not in rows:
-            rows[rkey] = Row(m["key"], m.get("unit", ""), bool(m.get("higher_is_better", True)),
-                             m.get("kind", "quality"), {})
+            sections[skey] = Section(m.task, m.dataset)
+        rkey = (*skey, m.key)
+        if rkey not in rows:  # the metric's facts, as its record declares them
+            rows[rkey] = Row(m.key, m.unit, m.higher_is_better, m.kind, {})
             sections[skey].rows.append(rows[rkey])
-        value = m.get("value")
-        cell = Cell(format_value(value, m.get("unit", ""), with_unit=False), value)  # unit is in the row
-        if value is None:
-            reason = m.get("na_reason") or "not computed"
+        cell = Cell(format_value(m.value, m.unit, with_unit=False), m.value)  # unit is in the row
+        if m.value is None:
+            reason = m.na_reason or "not computed"
             if reason not in notes:
                 notes.append(reason)
             cell.note = notes.index(reason) + 1
-        rows[rkey].cells[m["embedder"]] = cell
+        rows[rkey].cells[m.embedder] = cell
     for row in rows.values():
         for label in labels:  # a metric an embedder never recorded (e.g. text speed of an image-only model)
             row.cells.setdefault(label, Cell(NOT_MEASURED))
@@ -119,69 +116,71 @@ def build_tables(results: dict[str, Any]) -> Tables:
     return Tables(labels, ordered, notes)
 
 
-def headline(results: dict[str, Any]) -> list[tuple[str, str]]:
+def headline(results: RunResult) -> list[tuple[str, str]]:
     """The few facts a reader needs first: date, commit, device, dataset sizes."""
     facts = dict(run_facts(results))
-    sizes = ", ".join(f"{name} {d.get('num_images', '?')} images"
-                      + (f"/{d['num_captions']} captions" if d.get("num_captions") else "")
-                      for name, d in (results.get("datasets") or {}).items())
+    sizes = ", ".join(f"{name} {_or(d.num_images, '?')} images"
+                      + (f"/{d.num_captions} captions" if d.num_captions else "")
+                      for name, d in results.datasets.items())
     return [("date (UTC)", facts["date (UTC)"]), ("commit", facts["git commit"]), ("device", facts["device"]),
             ("datasets", sizes or "none")]
 
 
-def run_facts(results: dict[str, Any]) -> list[tuple[str, str]]:
+def _or(value: Any, default: str) -> str:
+    return default if value is None else str(value)
+
+
+def run_facts(results: RunResult) -> list[tuple[str, str]]:
     """(label, value) pairs describing where and how a run was made."""
-    env = results.get("environment", {})
-    dev = env.get("device", {}) or {}
-    device = dev.get("type", "?")
-    if dev.get("cuda"):
-        device += f" ({dev['cuda'].get('name', '')})"
-    elif dev.get("name"):
-        device += f" ({dev['name']}, {dev.get('cpu_count', '?')} cores, {dev.get('torch_threads', '?')} threads)"
-    git = env.get("git", {}) or {}
-    commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
-    pk = env.get("packages", {}) or {}
-    versions = ", ".join(f"{k} {v}" for k, v in pk.items() if v)
-    facts = [("benchmark", str(results.get("benchmark", "?"))), ("run", str(results.get("run_id", "?"))),
-             ("date (UTC)", str(results.get("created", "?"))), ("git commit", commit), ("device", device),
-             ("hardware fingerprint", str(env.get("hardware_fingerprint", "?"))),
-             ("python", str(env.get("python", "?"))), ("packages", versions or "?"),
-             ("config", str(results.get("config_path", "?")))]
-    total = (results.get("timings", {}) or {}).get("_total_s")
-    if total is not None:
+    env = results.environment
+    dev = env.device
+    device = dev.type if dev else "?"
+    if dev and dev.cuda:
+        device += f" ({dev.cuda.name or ''})"
+    elif dev and dev.name:
+        device += f" ({dev.name}, {_or(dev.cpu_count, '?')} cores, {_or(dev.torch_threads, '?')} threads)"
+    git = env.git
+    commit = ((git.commit if git else None) or "unknown")[:12] + (" (dirty)" if git and git.dirty else "")
+    versions = ", ".join(f"{k} {v}" for k, v in env.packages.items() if v)
+    facts = [("benchmark", results.benchmark or "?"), ("run", results.run_id or "?"),
+             ("date (UTC)", results.created or "?"), ("git commit", commit), ("device", device),
+             ("hardware fingerprint", _or(env.hardware_fingerprint, "?")),
+             ("python", _or(env.python, "?")), ("packages", versions or "?"),
+             ("config", results.config_path or "?")]
+    total = results.timings.get("_total_s")
+    if isinstance(total, (int, float)):
         facts.append(("wall time", f"{total:.1f} s"))
     return facts
 
 
-def dataset_rows(results: dict[str, Any]) -> list[list[str]]:
+def dataset_rows(results: RunResult) -> list[list[str]]:
     """name, type, images, captions, classes, fingerprint."""
     out = []
-    for name, d in (results.get("datasets") or {}).items():
-        classes = d.get("num_classes")
-        if classes is not None and d.get("multilabel"):
+    for name, d in results.datasets.items():
+        classes: Any = d.num_classes
+        if classes is not None and d.multilabel:
             classes = f"{classes} (multi-label)"
-        out.append([name, str(d.get("type", "")), str(d.get("num_images", "")),
-                    str(d.get("num_captions", "") or ""), str(classes or ""), str(d.get("fingerprint", ""))])
+        out.append([name, d.type, _or(d.num_images, ""), str(d.num_captions or ""), str(classes or ""),
+                    _or(d.fingerprint, "")])
     return out
 
 
-def embedder_rows(results: dict[str, Any]) -> list[list[str]]:
+def embedder_rows(results: RunResult) -> list[list[str]]:
     """label, type, model, settings, weights, fingerprint."""
     out = []
     skip = {"model", "model_dir", "random_weights"}
-    for label, e in (results.get("embedders") or {}).items():
-        desc = e.get("describe", {}) or {}
+    for label, e in results.embedders.items():
+        desc = e.describe
         settings = ", ".join(f"{k}={v}" for k, v in desc.items() if k not in skip and not isinstance(v, (dict, list)))
-        weights = "random (generated)" if e.get("random_weights") else "checkpoint"
-        out.append([label, str(e.get("type", "")), str(desc.get("model", "")), settings, weights,
-                    str(e.get("fingerprint", ""))])
+        weights = "random (generated)" if e.random_weights else "checkpoint"
+        out.append([label, e.type, str(desc.get("model", "")), settings, weights, _or(e.fingerprint, "")])
     return out
 
 
-def protocols(results: dict[str, Any]) -> list[tuple[str, str]]:
+def protocols(results: RunResult) -> list[tuple[str, str]]:
     """(task, protocol text), one per task that has one."""
     seen: dict[str, str] = {}
-    for m in results.get("metrics", []):
-        if m.get("protocol") and m["task"] not in seen:
-            seen[m["task"]] = m["protocol"]
+    for m in results.metrics:
+        if m.protocol and m.task not in seen:
+            seen[m.task] = m.protocol
     return [(TASK_TITLES.get(t, t), p) for t, p in seen.items()]
