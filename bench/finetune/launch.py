@@ -27,7 +27,7 @@ CODE_VERSION = 1  # bump when the training code changes what a given fingerprint
 JOB_FILE = ".finetune_job.json"
 
 
-def _pairs(sets: Sequence[CaptionDataset]) -> dict[str, Any]:
+def pairs(sets: Sequence[CaptionDataset]) -> dict[str, Any]:
     from bench.finetune.data import merge_caption_sets
 
     paths, captions = merge_caption_sets(sets)
@@ -70,22 +70,20 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
         raise ConfigError(f"finetune '{params.name}': num_processes must be an integer >= 1, got "
                           f"{num_processes!r}")
-    train = _pairs(train_sets)
-    val = _pairs(val_sets) if val_sets else None
+    train = pairs(train_sets)
+    val = pairs(val_sets) if val_sets else None
     evaluated = [p for ds in (eval_sets or []) for p in ds.image_paths]
     check_no_leakage(train["paths"], evaluated, what=f"finetune '{params.name}'")
     if val:
         check_no_leakage(train["paths"], val["paths"], what=f"finetune '{params.name}' (validation set)")
     out = Path(out_dir)
-    fp = training_fingerprint(params, base_model_dir, train, val)
-    if not needs_training(out, fp):
+    job = make_job(params, base_model_dir, train, val, out)
+    if not needs_training(out, job["fingerprint"]):
         return load_record(out)  # type: ignore[return-value]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create fine-tuning output folder {out}: {e}") from None
-    job = {"params": params.model_dump(mode="json"), "base_model_dir": str(Path(base_model_dir).resolve()),
-           "out_dir": str(out.resolve()), "train": train, "val": val, "fingerprint": fp}
     if num_processes == 1:
         from bench.finetune.train import run_job
 
@@ -95,6 +93,14 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
     if record is None:
         raise BenchError(f"finetune '{params.name}': training finished without a record in {out}")
     return record
+
+
+def make_job(params: FinetuneParams, base_model_dir: str | Path, train: dict[str, Any],
+             val: dict[str, Any] | None, out: Path) -> dict[str, Any]:
+    """The job that train.run_job / `python -m bench.finetune.train --job` executes."""
+    return {"params": params.model_dump(mode="json"), "base_model_dir": str(Path(base_model_dir).resolve()),
+            "out_dir": str(out.resolve()), "train": train, "val": val,
+            "fingerprint": training_fingerprint(params, base_model_dir, train, val)}
 
 
 def torchrun_command(job_file: Path, num_processes: int, quiet: bool = False) -> list[str]:
