@@ -39,7 +39,7 @@ def trained(tmp_path_factory, tiny_clip_dir, sets):
 
     out = tmp_path_factory.mktemp("ft") / "clip-ft"
     rec = finetune(_params(), tiny_clip_dir, [sets["train"]], out, val_sets=[sets["val"]],
-                   eval_sets=[sets["test"]], progress=False)
+                   eval_sets=[sets["test"]], progress=False, threads=1)
     return out, rec
 
 
@@ -85,7 +85,7 @@ def test_reuse_and_fingerprint_change(trained, tiny_clip_dir, sets):
 
     out, rec = trained
     mtime = (out / "model.safetensors").stat().st_mtime_ns
-    again = finetune(_params(), tiny_clip_dir, [sets["train"]], out, val_sets=[sets["val"]], progress=False)
+    again = finetune(_params(), tiny_clip_dir, [sets["train"]], out, val_sets=[sets["val"]], progress=False, threads=1)
     assert again == rec and (out / "model.safetensors").stat().st_mtime_ns == mtime  # reused
     changed = make_job(_params(lr=5e-4), tiny_clip_dir, pairs([sets["train"]]), pairs([sets["val"]]), out)
     assert needs_training(out, changed["fingerprint"]) and not needs_training(out, rec["fingerprint"])
@@ -93,7 +93,7 @@ def test_reuse_and_fingerprint_change(trained, tiny_clip_dir, sets):
     other = out.parent / "other"
     shutil.copytree(out, other)
     sub = sets["train"].subset(range(40))
-    rec2 = finetune(_params(), tiny_clip_dir, [sub], other, progress=False)
+    rec2 = finetune(_params(), tiny_clip_dir, [sub], other, progress=False, threads=1)
     assert rec2["fingerprint"] != rec["fingerprint"] and load_record(other) == rec2
     assert rec2["num_train_images"] == 40
 
@@ -105,7 +105,7 @@ def test_locked_tower_and_unlocked_layers(tmp_path, tiny_clip_dir, sets):
 
     base = _weights(tiny_clip_dir)
     rec = finetune(_params(lock_image=True, steps=2), tiny_clip_dir, [sets["train"]], tmp_path / "a",
-                   progress=False)
+                   progress=False, threads=1)
     w = _weights(tmp_path / "a")
     vision = [k for k in base if k.startswith(("vision_model.", "visual_projection."))]
     assert vision and all(torch.equal(base[k], w[k]) for k in vision)  # bit-identical
@@ -113,7 +113,7 @@ def test_locked_tower_and_unlocked_layers(tmp_path, tiny_clip_dir, sets):
     assert rec["trainable_params"] == sum(v.numel() for k, v in base.items() if k not in vision)
 
     finetune(_params(unlocked_layers=1, steps=2), tiny_clip_dir, [sets["train"]], tmp_path / "b",
-             progress=False)
+             progress=False, threads=1)
     w = _weights(tmp_path / "b")
     for tower in ("vision_model", "text_model"):
         frozen = [k for k in base if k.startswith((f"{tower}.encoder.layers.0.", f"{tower}.embeddings."))]
@@ -139,7 +139,7 @@ def test_leakage_refused(tmp_path, tiny_clip_dir, sets):
     leaky = sets["train"].subset(range(20))
     leaky.image_paths[7] = copy
     with pytest.raises(ConfigError, match="leakage"):
-        finetune(_params(), tiny_clip_dir, [leaky], tmp_path / "x", eval_sets=[sets["test"]], progress=False)
+        finetune(_params(), tiny_clip_dir, [leaky], tmp_path / "x", eval_sets=[sets["test"]], progress=False, threads=1)
     assert not (tmp_path / "x").exists()
 
 

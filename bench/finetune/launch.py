@@ -62,9 +62,11 @@ def needs_training(out_dir: str | Path, fingerprint: str) -> bool:
 def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Sequence[CaptionDataset],
              out_dir: str | Path, *, val_sets: Sequence[CaptionDataset] | None = None,
              eval_sets: Sequence[Any] | None = None, num_processes: int = 1,
-             progress: bool = True) -> dict[str, Any]:
+             progress: bool = True, threads: int | None = None) -> dict[str, Any]:
     """Fine-tune (or reuse) and return the training record. eval_sets: datasets the benchmark evaluates
-    (anything with image_paths); training on any of their images is refused (leakage)."""
+    (anything with image_paths); training on any of their images is refused (leakage). threads: torch
+    CPU threads per process (None: torch's default in-process, cores / N under torchrun); tiny models
+    train far faster on 1 thread when the cores are busy."""
     from bench.finetune.leakage import check_no_leakage
 
     if isinstance(num_processes, bool) or not isinstance(num_processes, int) or num_processes < 1:
@@ -84,6 +86,8 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise OutputError(f"cannot create fine-tuning output folder {out}: {e}") from None
+    if threads is not None:
+        job["threads"] = int(threads)
     if num_processes == 1:
         from bench.finetune.train import run_job
 
@@ -115,7 +119,7 @@ def _spawn(job: dict[str, Any], out: Path, num_processes: int, progress: bool) -
     job_file = out / JOB_FILE
     write_json(job_file, job)
     env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    env["OMP_NUM_THREADS"] = str(job.get("threads") or max(1, (os.cpu_count() or 1) // num_processes))
     env["PYTHONPATH"] = os.pathsep.join(p for p in [str(Path(__file__).resolve().parents[2]),
                                                     env.get("PYTHONPATH", "")] if p)
     proc = subprocess.run(torchrun_command(job_file, num_processes, quiet=not progress), env=env,

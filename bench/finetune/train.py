@@ -122,12 +122,24 @@ def _val_loss(acc, model, unwrapped, val, plan_batch: int, device) -> float | No
 def run_job(job: dict[str, Any], progress: bool = False) -> dict[str, Any] | None:
     """Train one job in this process (rank r of W under torchrun). Returns the record on the main process."""
     import torch
+
+    params = parse_params(job["params"])
+    threads = torch.get_num_threads()
+    if job.get("threads"):
+        torch.set_num_threads(int(job["threads"]))
+    try:
+        return _run(job, params, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(job: dict[str, Any], params: FinetuneParams, progress: bool) -> dict[str, Any] | None:
+    import torch
     from accelerate import Accelerator
 
     from bench.finetune import data as fdata
     from bench.models.preprocess import load_clip_preprocess
 
-    params = parse_params(job["params"])
     out_dir, base_dir = Path(job["out_dir"]), job["base_model_dir"]
     cpu = not torch.cuda.is_available()
     check_device(params, "cpu" if cpu else "cuda")
