@@ -16,7 +16,8 @@ def sets(synthetic_dir):
     from bench.data.coco import load_karpathy
 
     d = synthetic_dir
-    return {s: load_karpathy(s, d / "dataset_coco.json", d / "images", split=s) for s in ("train", "val", "test")}
+    return {s: load_karpathy(s, d / "dataset_coco.json", d / "images", split=s)
+            for s in ("train", "val", "test")}
 
 
 def _params(**kw):
@@ -85,7 +86,8 @@ def test_reuse_and_fingerprint_change(trained, tiny_clip_dir, sets):
 
     out, rec = trained
     mtime = (out / "model.safetensors").stat().st_mtime_ns
-    again = finetune(_params(), tiny_clip_dir, [sets["train"]], out, val_sets=[sets["val"]], progress=False, threads=1)
+    again = finetune(_params(), tiny_clip_dir, [sets["train"]], out, val_sets=[sets["val"]], progress=False,
+                     threads=1)
     assert again == rec and (out / "model.safetensors").stat().st_mtime_ns == mtime  # reused
     changed = make_job(_params(lr=5e-4), tiny_clip_dir, pairs([sets["train"]]), pairs([sets["val"]]), out)
     assert needs_training(out, changed["fingerprint"]) and not needs_training(out, rec["fingerprint"])
@@ -139,8 +141,23 @@ def test_leakage_refused(tmp_path, tiny_clip_dir, sets):
     leaky = sets["train"].subset(range(20))
     leaky.image_paths[7] = copy
     with pytest.raises(ConfigError, match="leakage"):
-        finetune(_params(), tiny_clip_dir, [leaky], tmp_path / "x", eval_sets=[sets["test"]], progress=False, threads=1)
+        finetune(_params(), tiny_clip_dir, [leaky], tmp_path / "x", eval_sets=[sets["test"]], progress=False,
+                 threads=1)
     assert not (tmp_path / "x").exists()
+
+
+def test_bf16_on_cpu_and_fp16_refused(tmp_path, trained, tiny_clip_dir, sets):
+    from bench.finetune.launch import finetune
+
+    rec = finetune(_params(mixed_precision="bf16", steps=1), tiny_clip_dir, [sets["train"]], tmp_path / "bf",
+                   progress=False, threads=1)
+    fp32_first = trained[1]["history"][0]["loss"]  # same model, same first batch, float32
+    assert rec["history"][0]["loss"] == pytest.approx(fp32_first, abs=0.03)
+    assert rec["history"][0]["loss"] != fp32_first  # bf16 autocast really ran
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA device"):
+        finetune(_params(mixed_precision="fp16"), tiny_clip_dir, [sets["train"]], tmp_path / "fp",
+                 progress=False, threads=1)
+    assert not (tmp_path / "fp").exists()
 
 
 def test_params_validation():

@@ -16,7 +16,8 @@ import pytest
 def train_set(synthetic_dir):
     from bench.data.coco import load_karpathy
 
-    return load_karpathy("train", synthetic_dir / "dataset_coco.json", synthetic_dir / "images", split="train")
+    d = synthetic_dir
+    return load_karpathy("train", d / "dataset_coco.json", d / "images", split="train")
 
 
 def _params(**kw):
@@ -38,7 +39,8 @@ def _assert_same_weights(a, b, atol):
     them, so their true gradient is exactly 0 and what they get is rounding noise, which Adam's
     normalization blows up to ~lr-sized steps (measured: 1e-5 there vs <3e-7 everywhere else)."""
     assert a.keys() == b.keys()
-    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if not k.endswith("k_proj.bias"))
+    worst = max(float((a[k].double() - b[k].double()).abs().max())
+                for k in a if not k.endswith("k_proj.bias"))
     assert worst <= atol, worst
 
 
@@ -49,7 +51,8 @@ def test_two_gloo_processes_match_one(tmp_path, tiny_clip_dir, train_set):
 
     p = _params(grad_accum=2)
     one = finetune(p, tiny_clip_dir, [train_set], tmp_path / "one", progress=False, threads=1)
-    two = finetune(p, tiny_clip_dir, [train_set], tmp_path / "two", num_processes=2, progress=False, threads=1)
+    two = finetune(p, tiny_clip_dir, [train_set], tmp_path / "two", num_processes=2, progress=False,
+                   threads=1)
     assert two["num_processes"] == 2 and one["num_processes"] == 1
     l1, l2 = [h["loss"] for h in one["history"]], [h["loss"] for h in two["history"]]
     np.testing.assert_allclose(l2, l1, atol=1e-5)
@@ -70,7 +73,8 @@ def test_kill_then_resume_matches_uninterrupted(tmp_path, tiny_clip_dir, train_s
     out = tmp_path / "killed"
     out.mkdir()
     job_file = out / "job.json"
-    job_file.write_text(json.dumps({**make_job(p, tiny_clip_dir, pairs([train_set]), None, out), "threads": 1}))
+    job = make_job(p, tiny_clip_dir, pairs([train_set]), None, out)
+    job_file.write_text(json.dumps({**job, "threads": 1}))
     cmd = [sys.executable, "-m", "bench.finetune.train", "--job", str(job_file), "--quiet"]
     env = {**os.environ, EXIT_AFTER_SAVE_ENV: "2"}
     killed = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -102,8 +102,8 @@ class PairTransform:
             texts.append(caps[j])
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
                              return_tensors="pt")
-        return {"pixel_values": pixels, "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
-                "idx": list(batch["idx"])}
+        return {"pixel_values": pixels, "input_ids": enc["input_ids"],
+                "attention_mask": enc["attention_mask"], "idx": list(batch["idx"])}
 
 
 def fetch(ds: Any, transform: PairTransform, indices: np.ndarray, epoch: int | None) -> dict[str, Any]:

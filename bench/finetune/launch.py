@@ -78,6 +78,11 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
     check_no_leakage(train["paths"], evaluated, what=f"finetune '{params.name}'")
     if val:
         check_no_leakage(train["paths"], val["paths"], what=f"finetune '{params.name}' (validation set)")
+    import torch
+
+    from bench.finetune.params import check_device
+
+    check_device(params, "cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
     job = make_job(params, base_model_dir, train, val, out)
     if not needs_training(out, job["fingerprint"]):

@@ -61,5 +61,6 @@ def check_no_leakage(train_images: Iterable[str | Path], eval_images: Iterable[s
     if overlap:
         first, other = overlap[0]
         same = "" if first == other else f" (same content as evaluated image {other})"
-        raise ConfigError(f"{what}: {len(overlap)} training image file(s) are also evaluated by the benchmark "
-                          f"(leakage); first: {first}{same}. Train on images the tasks do not evaluate")
+        raise ConfigError(f"{what}: {len(overlap)} training image file(s) are also evaluated by the "
+                          f"benchmark (leakage); first: {first}{same}. Train on images the tasks do not "
+                          f"evaluate")

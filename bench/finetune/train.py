@@ -131,6 +131,11 @@ def run_job(job: dict[str, Any], progress: bool = False) -> dict[str, Any] | Non
         return _run(job, params, progress)
     finally:
         torch.set_num_threads(threads)
+        if "WORLD_SIZE" not in os.environ:  # in-process: the next job may use another mixed precision
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
 
 
 def _run(job: dict[str, Any], params: FinetuneParams, progress: bool) -> dict[str, Any] | None:
