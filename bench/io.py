@@ -132,3 +132,18 @@ def json_default(o: Any) -> Any:
     except ImportError:  # pragma: no cover
         pass
     raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def replace_dir(tmp: str | Path, path: str | Path) -> Path:
+    """Swap a fully written folder `tmp` in as `path` (the old one, if any, is moved aside first and
+    removed after), so readers see the old folder or the new one, never a half-written one."""
+    import shutil
+
+    tmp, path = Path(tmp), Path(path)
+    old = path.with_name(path.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path

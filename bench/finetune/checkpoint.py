@@ -9,12 +9,12 @@ means the checkpoint is complete (see launch.needs_training). Resume state lives
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from bench.errors import ModelError, OutputError
+from bench.io import write_text_atomic
 
 RECORD = "training_record.json"
 STATE_DIR = ".train_state"
@@ -25,13 +25,8 @@ MODEL_FILES = (WEIGHTS, "config.json", "generation_config.json") + COPIED_FILES
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (tmp + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e}") from None
+    """Atomic JSON write (bench.io: temporary file + rename; one-line OutputError on failure)."""
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def clear_outputs(out_dir: Path) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from bench.errors import BenchError, ConfigError
 from bench.finetune.checkpoint import STATE_DIR, clear_outputs, save_checkpoint, write_json
 from bench.finetune.params import FinetuneParams, check_device, parse_params
+from bench.io import replace_dir
 
 # Test hook: exit abruptly (as a kill would) right after the state of this step is saved.
 EXIT_AFTER_SAVE_ENV = "BENCH_FINETUNE_EXIT_AFTER_SAVE"
@@ -266,8 +267,7 @@ def _save_state(acc, state: Path, progress: dict[str, Any]) -> None:
     acc.wait_for_everyone()
     if acc.is_main_process:
         write_json(tmp / "progress.json", progress)
-        shutil.rmtree(state, ignore_errors=True)
-        os.replace(tmp, state)
+        replace_dir(tmp, state)
     acc.wait_for_everyone()
 
 
