@@ -1,6 +1,7 @@
-"""A component is one module plus one registration: a toy embedder and a toy dataset type, defined in
-tests/toy_components.py and registered with one line each, reach every registry-derived surface:
-config validation (and its error messages), `bench list`, `bench embed` (choices and options), a run."""
+"""A component is one module plus one registration: a toy embedder (tests/toy_embedder.py) and a toy
+dataset type (tests/toy_dataset.py), registered with one line each, reach every registry-derived
+surface: config validation (and its error messages), `bench list`, `bench embed` (choices and
+options), a run."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture
 def toys():
     # The whole registration of the two toys: one line each.
-    registry.register("embedder", "toy", "toy_components:ToyEmbedder", "toy_components:ToyParams")
-    registry.register("dataset", "toy_folder", "toy_components:load_toy", "toy_components:ToyFolderParams")
+    registry.register("embedder", "toy", "toy_embedder:ToyEmbedder", "toy_embedder:ToyParams")
+    registry.register("dataset", "toy_folder", "toy_dataset:load_toy", "toy_dataset:ToyFolderParams")
     yield
     registry.unregister("embedder", "toy")
     registry.unregister("dataset", "toy_folder")
@@ -44,7 +45,8 @@ def _err(raw: dict) -> str:
 
 
 def test_config_validates_the_toys(toys):
-    from toy_components import ToyFolderParams, ToyParams
+    from toy_dataset import ToyFolderParams
+    from toy_embedder import ToyParams
 
     cfg = parse_config(copy.deepcopy(RAW))
     assert isinstance(cfg.embedders[0], ToyParams) and cfg.embedders[0].bins == 3
@@ -128,6 +130,29 @@ def test_a_run_uses_the_toys(toys, tmp_path, synthetic_dir):
     assert len(top1) == 1 and top1[0]["embedder"] == "toy" and 0 <= top1[0]["value"] <= 100
     assert top1[0]["unit"] == "%" and top1[0]["higher_is_better"] is True and top1[0]["kind"] == "quality"
     assert res["datasets"]["train"]["type"] == "toy_folder"
+    # Every record was made by the MetricSpec its task declares (the load time by the runner's).
+    from bench.runner import LOAD
+    from bench.tasks import metric_specs
+
+    specs = {**metric_specs(), "load": (LOAD,)}
+    for m in res["metrics"]:
+        spec = next(s for s in specs[m["task"]] if s.matches(m["key"]))
+        assert (m["unit"], m["higher_is_better"], m["kind"]) == (spec.unit, spec.higher_is_better, spec.kind)
+
+
+def test_metric_specs_match_their_keys():
+    from bench.tasks import metric_specs
+
+    specs = metric_specs()
+    recall = specs["retrieval"][0]
+    assert recall.matches("retrieval/i2t_recall@5") and not recall.matches("retrieval/i2t_recall@5/x")
+    rec = recall.record("clip", "retrieval", "caps", 41.5, num_items=100, direction="t2i", k=10)
+    assert (rec.key, rec.unit, rec.higher_is_better, rec.kind, rec.num_items) == \
+        ("retrieval/t2i_recall@10", "%", True, "quality", 100)
+    na = recall.na("phi3v", "retrieval", "caps", "image-only", direction="i2t", k=1)
+    assert na.value is None and na.na_reason == "image-only" and na.key == "retrieval/i2t_recall@1"
+    keys = [s.key for ss in specs.values() for s in ss]
+    assert "speed/images_per_s" in keys and "probe/{name}" in keys and len(keys) == len(set(keys))
 
 
 def test_every_registered_name_is_its_params_type():

@@ -13,7 +13,20 @@ from typing import Any
 
 from bench.tasks.base import MetricSpec, TaskInputs, num_items
 
-__all__ = ["MetricSpec", "TaskInputs", "check_tasks_against_data", "num_items"]
+__all__ = ["MetricSpec", "TaskInputs", "check_tasks_against_data", "metric_specs", "num_items"]
+
+
+def metric_specs() -> dict[str, tuple[MetricSpec, ...]]:
+    """Task type -> the MetricSpecs its module declares (`METRICS`), for every registered task."""
+    import importlib
+
+    from bench import registry
+
+    out = {}
+    for name in registry.names("task"):
+        module = importlib.import_module(registry.component("task", name).target.split(":")[0])
+        out[name] = tuple(getattr(module, "METRICS", ()))
+    return out
 
 
 def check_tasks_against_data(tasks: Sequence[Any], dataset: Callable[[str], Any]) -> None:

@@ -36,6 +36,13 @@ class MetricSpec:
                       unit=self.unit, higher_is_better=self.higher_is_better, kind=self.kind,
                       protocol=self.protocol.format(**fields), num_items=num_items)
 
+    def matches(self, key: str) -> bool:
+        """Whether `key` is one of this spec's keys (its {fields} filled in)."""
+        import re
+
+        parts = re.split(r"\{\w+\}", self.key)
+        return re.fullmatch("[^/]+?".join(re.escape(p) for p in parts), key) is not None
+
     def na(self, label: str, task: str, dataset: str, reason: str, **fields: Any) -> Metric:
         """The n/a record: the metric exists but this embedder cannot serve it (`reason` says why)."""
         return Metric(embedder=label, task=task, dataset=dataset, key=self.key.format(**fields), value=None,

@@ -1,13 +1,12 @@
-"""A toy embedder and a toy dataset type, each one file's worth of code: what a contributor writes
-to add a component (see CONTRIBUTING.md). tests/test_components.py registers them with one line each."""
+"""A toy embedder: the one file a contributor writes to add an embedder (see CONTRIBUTING.md);
+tests/test_components.py registers it with one line."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from bench.embedders.base import Embedder, RuntimeOptions
-from bench.params import DatasetParams, EmbedderParams, Int
+from bench.embedders.base import Embedder
+from bench.params import EmbedderParams, Int
 
 
 class ToyParams(EmbedderParams):
@@ -19,11 +18,7 @@ class ToyEmbedder(Embedder):
     """Image -> its colour histogram (bins^3 values), L2-normalized. Image-only."""
 
     kind = "toy"
-    Params = ToyParams
-
-    def __init__(self, params: ToyParams | str | None = None, /, runtime: RuntimeOptions | None = None,
-                 **settings: Any) -> None:
-        super().__init__(params, runtime, **settings)
+    Params = ToyParams  # the base constructor validates and keeps it as self.params
 
     @property
     def dim(self) -> int:
@@ -45,15 +40,3 @@ class ToyEmbedder(Embedder):
         import torch.nn.functional as F
 
         return F.normalize(batch.float(), dim=-1)
-
-
-class ToyFolderParams(DatasetParams):
-    type: Literal["toy_folder"]
-    root: Path
-    provides: ClassVar[str] = "labels"
-
-
-def load_toy(name: str, root: Path) -> Any:
-    from bench.data.imagefolder import load_imagefolder
-
-    return load_imagefolder(name=name, root=root)
