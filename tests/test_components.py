@@ -211,3 +211,24 @@ def test_resolve_device_checks_the_gpu_number(monkeypatch):
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ConfigError, match="no CUDA device"):
         resolve_device("cuda:0")
+
+
+# ---- each rule once, in the parameter model ----------------------------------------------------------
+def test_embedder_rules_live_in_the_params():
+    from bench.embedders.phi3v import Phi3VParams
+    from bench.embedders.phi3v_lm import TEMPLATES, Phi3VLMEmbedder, Phi3VLMParams
+
+    custom = Phi3VLMParams(model="m", template="custom", image_prompt="<|image_1|> x",
+                           text_prompt="q: {text}")
+    assert custom.prompts() == ("<|image_1|> x", "q: {text}")
+    e5v = Phi3VLMParams(model="m", template="e5v")
+    assert e5v.prompts() == (TEMPLATES["e5v"]["image"], TEMPLATES["e5v"]["text"])
+    # Refused by the parameter model, before any file is looked at ("m" does not exist).
+    with pytest.raises(ConfigError, match=r"image_prompt must contain '<\|image_1\|>' exactly once.*found 2"):
+        Phi3VLMEmbedder("m", image_prompt="<|image_1|> <|image_2|>")
+    # pooling 'tokens' is an export format: bench embed takes it, a config does not.
+    assert Phi3VParams.embed_model()(model="m", pooling="tokens").pooling == "tokens"
+    base = {"name": "x", "datasets": {"d": {"type": "imagefolder", "root": "r"}},
+            "tasks": [{"type": "speed", "dataset": "d"}]}
+    msg = _err({**base, "embedders": [{"type": "phi3v", "model": "m", "pooling": "tokens"}]})
+    assert "embedders[0].pooling: invalid value 'tokens'; allowed: 'mean', 'global' or 'clip'" in msg
