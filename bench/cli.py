@@ -10,9 +10,6 @@ from pathlib import Path
 from bench import __version__
 from bench.errors import BenchError
 
-EMBED_TYPES = ("clip", "phi3v", "phi3v-lm")
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from bench.config import find_config, load_config
 
@@ -45,8 +42,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_list(args: argparse.Namespace) -> int:
     from bench import registry
 
-    for kind, table in registry.KINDS.items():
-        print(f"{kind}s: {', '.join(sorted(table))}")
+    for kind in registry.KINDS:
+        print(f"{kind}s: {', '.join(registry.names(kind))}")
     configs = sorted(p.name for p in Path("configs").glob("*.yaml") if not p.name.startswith("_"))
     if configs:
         print(f"configs: {', '.join(configs)}")
@@ -73,15 +70,24 @@ def _cmd_make_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_embed(args: argparse.Namespace) -> int:
-    from bench.embed import embed_folder
+    from bench.embed import embed_folder, embed_options
 
+    options = {field: getattr(args, field) for field in embed_options()}
     out = embed_folder(args.type, model=args.model, images=Path(args.images), output=Path(args.output),
                        texts=Path(args.texts) if args.texts else None, revision=args.revision,
-                       num_crops=args.num_crops, pooling=args.pooling, template=args.template,
-                       device=args.device, dtype=args.dtype, batch_size=args.batch_size,
+                       options=options, device=args.device, dtype=args.dtype, batch_size=args.batch_size,
                        num_workers=args.num_workers)
     print(out)
     return 0
+
+
+def _device_arg(value: str) -> str:
+    from bench.params import check_device_name
+
+    try:
+        return check_device_name(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,17 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     mm.set_defaults(func=_cmd_make_models)
 
     e = sub.add_parser("embed", help="embed a folder of images (and text lines) into a safetensors file")
-    e.add_argument("type", choices=EMBED_TYPES)
+    from bench import registry
+    from bench.embed import embed_options
+    from bench.params import DEVICE_HELP, DType, typing_args
+
+    e.add_argument("type", choices=registry.names("embedder"))
     e.add_argument("--model", required=True, help="checkpoint folder or hub id (offline HF cache)")
     e.add_argument("--images", required=True, help="folder of images (searched recursively)")
     e.add_argument("--texts", help="text file, one text per line (text-capable embedders)")
     e.add_argument("--output", required=True, help="output .safetensors file")
     e.add_argument("--revision")
-    e.add_argument("--num-crops", type=int)
-    e.add_argument("--pooling", choices=("mean", "global", "clip", "tokens"))
-    e.add_argument("--template", choices=("vlm2vec", "e5v"))
-    e.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    e.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    for field, opt in embed_options().items():  # each embedder's own settings, from its parameter model
+        e.add_argument(f"--{field.replace('_', '-')}", type=opt["type"], choices=opt["choices"],
+                       help=f"({', '.join(opt['types'])})")
+    e.add_argument("--device", default="auto", type=_device_arg, help=DEVICE_HELP)
+    e.add_argument("--dtype", default="float32", choices=typing_args(DType))
     e.add_argument("--batch-size", type=int, default=8)
     e.add_argument("--num-workers", type=int, default=1)
     e.set_defaults(func=_cmd_embed)

@@ -13,186 +13,56 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Union
 
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat, StrictInt,
-                      ValidationError, field_validator, model_validator)
+from pydantic import BaseModel, Field, PrivateAttr, StrictBool, StrictInt, ValidationError, field_validator, \
+    model_validator
 
+from bench import registry
 from bench.errors import ConfigError, did_you_mean
+from bench.params import (STRICT, DatasetParams, DType, EmbedderParams, Float, Int, TaskParams,  # noqa: F401
+                          check_device_name)
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, strict=False)
+_STRICT = STRICT
 
 
 class _Model(BaseModel):
     model_config = _STRICT
 
 
-# Strict numbers (see the module docstring); `Int(ge=1)` reads like the Field it wraps.
-def Int(**bounds: Any) -> Any:
-    return Annotated[StrictInt, Field(**bounds)]
-
-
-def Float(**bounds: Any) -> Any:
-    return Annotated[StrictFloat, Field(**bounds)]
-
-
-OnBadImage = Literal["error", "skip"]  # skip: drop undecodable images with their captions/labels
-
-
 # --------------------------------------------------------------------------------------------
 # runtime
 class Runtime(_Model):
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: DType = "float32"
     batch_size: Int(ge=1, le=4096) = 16
     num_workers: Int(ge=0, le=64) = 1
     seed: StrictInt = 0
     compile: StrictBool = False
     threads: Int(ge=0) = 0  # 0 = torch default
 
-
-# --------------------------------------------------------------------------------------------
-# datasets: one model per `type`
-class _CaptionsBase(_Model):
-    annotations: Path
-    images: Path
-    max_images: Int(ge=1) | None = None
-    on_bad_image: OnBadImage = "error"
-
-
-class KarpathyDataset(_CaptionsBase):
-    type: Literal["coco_karpathy", "flickr30k_karpathy"]
-    split: Literal["train", "val", "test", "restval", "train+restval"] = "test"
-
-
-class CocoCaptionsDataset(_CaptionsBase):
-    type: Literal["coco_captions"]
-
-
-class CocoInstancesDataset(_CaptionsBase):
-    type: Literal["coco_instances"]
-
-
-class ImageFolderDataset(_Model):
-    type: Literal["imagefolder"]
-    root: Path
-    max_images: Int(ge=1) | None = None
-    on_bad_image: OnBadImage = "error"
-
-
-DatasetSpec = Annotated[
-    Union[KarpathyDataset, CocoCaptionsDataset, CocoInstancesDataset, ImageFolderDataset],
-    Field(discriminator="type"),
-]
-CAPTION_TYPES = {"coco_karpathy", "flickr30k_karpathy", "coco_captions"}
-LABEL_TYPES = {"coco_instances", "imagefolder"}
-
-
-# --------------------------------------------------------------------------------------------
-# embedders: one model per `type`
-class _EmbedderBase(_Model):
-    name: str | None = None  # label in reports; defaults to the type
-    model: str  # local folder or hub id (resolved offline in the HF cache)
-    revision: str | None = None
-
-    @property
-    def label(self) -> str:
-        return self.name or self.type  # type: ignore[attr-defined]
-
-    def params(self) -> dict[str, Any]:
-        """Keyword arguments for the embedder class (everything but type and name)."""
-        d = self.model_dump(exclude={"type", "name"})
-        return d
-
-
-class ClipSpec(_EmbedderBase):
-    type: Literal["clip"]
-
-
-class Phi3VSpec(_EmbedderBase):
-    type: Literal["phi3v"]
-    num_crops: Int(ge=1, le=64) | None = None
-    pooling: Literal["mean", "global", "clip"] = "mean"  # "tokens" is for `bench embed` only
-
-
-class Phi3VLMSpec(_EmbedderBase):
-    type: Literal["phi3v-lm"]
-    num_crops: Int(ge=1, le=64) | None = None
-    template: Literal["vlm2vec", "e5v", "custom"] = "vlm2vec"
-    image_prompt: str | None = None
-    text_prompt: str | None = None
-
-    @model_validator(mode="after")
-    def _custom_needs_prompts(self):
-        if self.template == "custom" and not (self.image_prompt and self.text_prompt):
-            raise ValueError("template 'custom' needs both image_prompt and text_prompt")
-        if self.text_prompt is not None and "{text}" not in self.text_prompt:
-            raise ValueError("text_prompt must contain '{text}' where the text goes")
-        if self.image_prompt is not None and not re.search(r"<\|image_1\|>", self.image_prompt):
-            raise ValueError("image_prompt must contain '<|image_1|>' where the image goes")
-        return self
-
-
-EmbedderSpec = Annotated[Union[ClipSpec, Phi3VSpec, Phi3VLMSpec], Field(discriminator="type")]
-
-
-# --------------------------------------------------------------------------------------------
-# tasks: one model per `type`
-class RetrievalTask(_Model):
-    type: Literal["retrieval"]
-    dataset: str
-    ks: list[Int(ge=1)] = [1, 5, 10]  # each must also be below the gallery size (checked at run start)
-    chunk_size: Int(ge=1) = 512
-
-    @field_validator("ks")
+    @field_validator("device", mode="before")
     @classmethod
-    def _ks(cls, v):
-        if not v:
-            raise ValueError("ks is empty: list at least one k, e.g. [1, 5, 10]")
-        dup = sorted({k for k in v if v.count(k) > 1})
-        if dup:
-            raise ValueError(f"ks lists {dup[0]} twice: each k once")
-        return v
+    def _device(cls, v: Any) -> str:
+        return check_device_name(v)
 
 
-class LinearProbeTask(_Model):
-    type: Literal["linear_probe"]
-    train: str
-    test: str
-    val: str | None = None
-    val_fraction: Float(gt=0, lt=1) = 0.2
-    max_iter: Int(ge=10) = 1000
+# --------------------------------------------------------------------------------------------
+# datasets, embedders, tasks: one parameter model per registered `type` (bench.registry), each
+# defined beside its component's code. The unions below are built from the registry.
+def _union(kind: str) -> Any:
+    models: list[type] = []
+    for name in registry.names(kind):
+        m = registry.params_model(kind, name)
+        if m not in models:
+            models.append(m)
+    return Annotated[Union[tuple(models)], Field(discriminator="type")] if len(models) > 1 else \
+        Annotated[models[0], Field(discriminator="type")]
 
 
-class ZeroShotTask(_Model):
-    type: Literal["zeroshot"]
-    dataset: str
-    templates: list[str] | None = None  # None = bench.metrics.zeroshot.DEFAULT_TEMPLATES
-    class_names: dict[str, str] | None = None  # optional renaming: folder name -> readable name
-
-    @field_validator("templates")
-    @classmethod
-    def _has_slot(cls, v):
-        if v is not None:
-            if not v:
-                raise ValueError("templates must not be empty")
-            for t in v:
-                if "{c}" not in t:
-                    raise ValueError(f"template {t!r} has no '{{c}}' slot for the class name")
-        return v
-
-
-class SpeedTask(_Model):
-    type: Literal["speed"]
-    dataset: str
-    num_images: Int(ge=1) = 64
-    warmup_batches: Int(ge=0) = 1
-    min_iterations: Int(ge=1) = 3
-    min_time_s: Float(ge=0) = 2.0
-    batch_size: Int(ge=1) | None = None  # default: runtime.batch_size
-
-
-TaskSpec = Annotated[Union[RetrievalTask, LinearProbeTask, ZeroShotTask, SpeedTask], Field(discriminator="type")]
+def types_providing(what: set[str] | frozenset[str]) -> list[str]:
+    """The dataset types whose items carry `what` ("captions", "labels")."""
+    return [n for n in registry.names("dataset") if registry.params_model("dataset", n).provides in what]
 
 
 class Regression(_Model):
@@ -203,14 +73,18 @@ class Regression(_Model):
 
 
 class Config(_Model):
+    """A benchmark config. Validate with load_config / parse_config: they use config_model(), this
+    class with the component sections' unions taken from the registry."""
+
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")]
     description: str = ""
     output_dir: Path = Path("reports/runs")
     cache_dir: Path = Path(".cache/bench")
     runtime: Runtime = Runtime()
-    datasets: dict[str, DatasetSpec]
-    embedders: Annotated[list[EmbedderSpec], Field(min_length=1)]
-    tasks: Annotated[list[TaskSpec], Field(min_length=1)]
+    # The component sections: their per-type unions are filled in by config_model() from the registry.
+    datasets: dict[str, DatasetParams]
+    embedders: Annotated[list[EmbedderParams], Field(min_length=1)]
+    tasks: Annotated[list[TaskParams], Field(min_length=1)]
     regression: Regression = Regression()
     synthetic: StrictBool = False  # the demo says its weights are random and tiny
     # Set by load_config: the file it came from, and for each key path the ${VAR} variables in it,
@@ -225,18 +99,14 @@ class Config(_Model):
         if dup:
             raise _RefError("embedders", f"names must be unique; '{dup[0]}' appears twice: give each a `name`")
         for i, t in enumerate(self.tasks):
-            for field_name in ("dataset", "train", "val", "test"):
-                ref = getattr(t, field_name, None)
-                if ref is None:
-                    continue
+            for field_name, ref in t.datasets().items():
                 if ref not in self.datasets:
                     raise _RefError(f"tasks[{i}].{field_name}",
                                     f"unknown dataset '{ref}'{did_you_mean(ref, self.datasets)} "
                                     f"defined: {', '.join(sorted(self.datasets)) or '(none)'}")
                 kind = self.datasets[ref].type
-                needs = CAPTION_TYPES if t.type == "retrieval" else (
-                    LABEL_TYPES if t.type in ("linear_probe", "zeroshot") else CAPTION_TYPES | LABEL_TYPES)
-                if kind not in needs:
+                if self.datasets[ref].provides not in t.needs:
+                    needs = types_providing(t.needs)
                     raise _RefError(f"tasks[{i}].{field_name}",
                                     f"task '{t.type}' needs a dataset of type {'|'.join(sorted(needs))}, "
                                     f"'{ref}' is {kind}")
@@ -246,6 +116,25 @@ class Config(_Model):
 class _RefError(ValueError):
     def __init__(self, loc: str, msg: str) -> None:
         super().__init__(f"{loc}: {msg}")
+
+
+_MODEL: dict[int, type[Config]] = {}
+
+
+def config_model() -> type[Config]:
+    """The validating Config class: Config with the datasets/embedders/tasks unions of the registry as
+    it is now (rebuilt when a component is registered later, e.g. by a test or a plugin module)."""
+    gen = registry.generation()
+    if gen not in _MODEL:
+        from pydantic import create_model
+
+        _MODEL.clear()
+        _MODEL[gen] = create_model(
+            "Config", __base__=Config, __module__=__name__,
+            datasets=(dict[str, _union("dataset")], ...),
+            embedders=(Annotated[list[_union("embedder")], Field(min_length=1)], ...),
+            tasks=(Annotated[list[_union("task")], Field(min_length=1)], ...))
+    return _MODEL[gen]
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,15 +206,11 @@ def load_config(path: str | Path) -> Config:
 
 def parse_config(raw: dict[str, Any], source: str = "<config>") -> Config:
     try:
-        return Config.model_validate(raw)
+        return config_model().model_validate(raw)
     except ValidationError as e:
         from bench.config_errors import first_error
 
         raise ConfigError(f"{source}: {first_error(e, raw)}") from None
-
-
-_ANNOTATION_EXAMPLE = {"coco_karpathy": "dataset_coco.json", "flickr30k_karpathy": "dataset_flickr30k.json",
-                       "coco_captions": "captions_val2017.json", "coco_instances": "instances_val2017.json"}
 
 
 def check_paths(cfg: Config) -> None:
@@ -346,7 +231,7 @@ def check_paths(cfg: Config) -> None:
             if not want_dir and p.is_dir():
                 found = sorted(x.name for x in p.glob("*.json"))
                 inside = f" ({p} holds {', '.join(found[:3])})" if found else ""
-                example = _ANNOTATION_EXAMPLE.get(ds.type, "annotations.json")
+                example = ds.example_annotations()
                 raise ConfigError(f"{where}: {p} is a folder, not a file: 'annotations' must name the "
                                   f"annotation .json file itself, e.g. {p / example}{inside}")
             ok = p.is_dir() if want_dir else p.is_file()

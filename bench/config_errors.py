@@ -9,7 +9,8 @@ from typing import Annotated, Any, Union
 
 from pydantic import BaseModel, ValidationError
 
-from bench.config import CAPTION_TYPES, LABEL_TYPES, Config
+from bench import registry
+from bench.config import config_model
 from bench.errors import did_you_mean
 
 
@@ -51,7 +52,7 @@ def first_error(e: ValidationError, raw: dict[str, Any]) -> str:
         return (f"unknown key '{where}'{did_you_mean(key, allowed)} allowed here: {', '.join(allowed)}{more}")
     if etype in ("union_tag_invalid", "union_tag_not_found"):
         ctx = err.get("ctx", {})
-        allowed = _TAGS.get(_kind_of(cleaned), [])
+        allowed = registry.names(_kind_of(cleaned)) if _kind_of(cleaned) in registry.KINDS else []
         tag = ctx.get("tag", "")
         what = _kind_of(cleaned)
         if etype == "union_tag_not_found":
@@ -71,13 +72,6 @@ def first_error(e: ValidationError, raw: dict[str, Any]) -> str:
     inp = err.get("input")
     shown = f" (got {inp!r})" if not isinstance(inp, (dict, list)) and etype != "value_error" else ""
     return f"{where or 'config'}: {msg}{shown}{more}"
-
-
-_TAGS = {
-    "dataset": sorted(CAPTION_TYPES | LABEL_TYPES),
-    "embedder": ["clip", "phi3v", "phi3v-lm"],
-    "task": ["retrieval", "linear_probe", "zeroshot", "speed"],
-}
 
 
 def _kind_of(loc: list) -> str:
@@ -122,7 +116,7 @@ class _Deferred:
 
 def _model_at(loc: list, raw: dict[str, Any]):
     """The pydantic model class that validates the mapping at `loc` (for listing allowed keys)."""
-    model: Any = Config
+    model: Any = config_model()
     node: Any = raw
     pending = None
     for part in loc:

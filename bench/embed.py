@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from bench.errors import BenchError, CapabilityError, DataError, OutputError
 from bench.io import atomic_path
@@ -26,10 +27,32 @@ def list_images(folder: Path) -> list[Path]:
     return files
 
 
+def embed_options() -> dict[str, dict[str, Any]]:
+    """`bench embed`'s per-type options, read from the registered embedders' parameter models:
+    field -> {"types": embedder types that take it, "choices": allowed values (a Literal) or None,
+    "type": int or str}."""
+    from bench import registry
+    from bench.params import typing_args
+
+    out: dict[str, dict[str, Any]] = {}
+    for kind in registry.names("embedder"):
+        for field, info in registry.params_model("embedder", kind).options().items():
+            opt = out.setdefault(field, {"types": [], "choices": None, "type": str})
+            opt["types"].append(kind)
+            choices = typing_args(info.annotation)
+            if choices:
+                opt["choices"] = list(dict.fromkeys([*(opt["choices"] or []), *choices]))
+            elif "int" in str(info.annotation).lower():
+                opt["type"] = int
+    return out
+
+
 def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Path | None = None,
-                 revision: str | None = None, num_crops: int | None = None, pooling: str | None = None,
-                 template: str | None = None, device: str = "auto", dtype: str = "float32", batch_size: int = 8,
-                 num_workers: int = 1) -> Path:
+                 revision: str | None = None, options: dict[str, Any] | None = None, device: str = "auto",
+                 dtype: str = "float32", batch_size: int = 8, num_workers: int = 1) -> Path:
+    """Embed every image under `images` (and each line of `texts`) with embedder `kind`; `options` are
+    its type-specific settings (e.g. {"num_crops": 4}; None values are left out), validated by its
+    parameter model."""
     import torch
     from safetensors.torch import save_file
 
@@ -45,16 +68,16 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
                           f"{output / 'embeddings.safetensors'}")
     # Before the model loads: a read-only, full or mistyped folder fails now, not after the embedding.
     check_writable_dir(output.parent, "--output folder", "choose an --output path in a folder you can write to")
-    params: dict = {"model": model, "revision": revision}
-    if num_crops is not None:
-        params["num_crops"] = num_crops
-    if pooling is not None:
-        params["pooling"] = pooling
-    if template is not None:
-        params["template"] = template
-    for opt, allowed in (("num_crops", {"phi3v", "phi3v-lm"}), ("pooling", {"phi3v"}), ("template", {"phi3v-lm"})):
-        if opt in params and kind not in allowed:
-            raise BenchError(f"--{opt.replace('_', '-')} does not apply to '{kind}' (only to {', '.join(sorted(allowed))})")
+    from bench.params import validate_params
+
+    model_cls = registry.params_model("embedder", kind).embed_model()
+    given = {k: v for k, v in (options or {}).items() if v is not None}
+    for opt in given:
+        if opt not in model_cls.model_fields:
+            allowed = embed_options().get(opt, {}).get("types", [])
+            raise BenchError(f"--{opt.replace('_', '-')} does not apply to '{kind}' "
+                             f"(only to {', '.join(sorted(allowed)) or 'no embedder'})")
+    params = validate_params(model_cls, {"type": kind, "model": model, "revision": revision, **given}, kind)
     files = list_images(images)
     lines = None
     if texts is not None:
@@ -63,7 +86,7 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
         lines = read_text_lines(texts)
     dev = resolve_device(device)
     cls = registry.resolve("embedder", kind)
-    emb = cls(runtime=RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size), **params)
+    emb = cls(params, runtime=RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size))
     if lines is not None and not emb.supports_text:
         raise CapabilityError(f"'{kind}' embeds images only: drop --texts or use a text-capable embedder "
                               "(clip, phi3v-lm)")

@@ -48,7 +48,8 @@ def cpu_model() -> str:
 
 
 def resolve_device(requested: str) -> str:
-    """auto -> cuda when available, else cpu. Asking for cuda without one is a clear error."""
+    """auto -> cuda when available, else cpu; "cpu", "cuda" and "cuda:N" as given. Asking for cuda
+    without one, or for a GPU number the machine does not have, is a clear error."""
     import torch
 
     from bench.errors import ConfigError
@@ -58,6 +59,10 @@ def resolve_device(requested: str) -> str:
     if requested.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("runtime.device: 'cuda' requested but no CUDA device is available "
                           "(use device: auto or cpu)")
+    if requested.startswith("cuda:") and int(requested[5:]) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ConfigError(f"runtime.device: '{requested}' but this machine has {n} CUDA device(s) "
+                          f"(cuda:0 to cuda:{n - 1})")
     return requested
 
 

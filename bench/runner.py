@@ -23,7 +23,10 @@ from bench.config import Config, check_paths, resolved_dict
 from bench.embedders.base import Embedder, RuntimeOptions, check_finite, resolve_torch_dtype
 from bench.outputs import check_run_outputs
 from bench.io import write_json_atomic
-from bench.results import EmbedderRecord, Metric, RunResult
+from bench.results import EmbedderRecord, RunResult
+from bench.tasks import MetricSpec, TaskInputs
+
+LOAD = MetricSpec("speed/load_s", "s", False, "speed", "wall time to build the embedder from its checkpoint")
 
 
 def _log(msg: str) -> None:
@@ -48,7 +51,7 @@ class RunContext:
         if name not in self._datasets:
             spec = self.cfg.datasets[name]
             loader = registry.resolve("dataset", spec.type)
-            kwargs = spec.model_dump(exclude={"type"})
+            kwargs = spec.model_dump(exclude={"type"})  # the loader gets the validated parameters
             if kwargs.get("on_bad_image") == "skip":
                 _log(f"dataset {name}: decoding every image to find unreadable ones (on_bad_image: skip)")
             self._datasets[name] = loader(name=name, **kwargs)
@@ -103,6 +106,13 @@ class EmbedderRun:
 
     def detail(self, key: str, value: Any) -> None:
         self.details[key] = value
+
+    def inputs(self) -> TaskInputs:
+        """What a task may use: this embedder's embeddings, the datasets, timings, runtime options."""
+        return TaskInputs(label=self.label, embedder=self.embedder, device=self.ctx.device,
+                          runtime=self.ctx.cfg.runtime, dataset=self.ctx.dataset,
+                          image_embeddings=self.image_embeddings, text_embeddings=self.text_embeddings,
+                          timed=self.timed, detail=self.detail)
 
     def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str):
         if (ds_name, modality) in self._emb:
@@ -171,10 +181,11 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
 
 
 def build_embedder(spec, ctx: RunContext) -> Embedder:
+    """The embedder of a config entry (its validated parameters), on the run's device and dtype."""
     cls = registry.resolve("embedder", spec.type)
     rt = ctx.cfg.runtime
     runtime = RuntimeOptions(device=ctx.device, dtype=rt.dtype, batch_size=rt.batch_size, compile=rt.compile)
-    return cls(runtime=runtime, **spec.params())
+    return cls(spec, runtime=runtime)
 
 
 def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = True, progress: bool = True,
@@ -200,7 +211,7 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     # Every dataset a task uses loads, and fits its tasks, before any output is written.
     from bench.tasks import check_tasks_against_data
 
-    check_tasks_against_data(ctx)
+    check_tasks_against_data(cfg.tasks, ctx.dataset)
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"
@@ -267,8 +278,8 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
     _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
     # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).
-    import transformers.models.clip.modeling_clip  # noqa: F401
-    import transformers.models.phi3.modeling_phi3  # noqa: F401
+    for kind in dict.fromkeys(spec.type for spec in cfg.embedders):
+        registry.resolve("embedder", kind).preload()
 
     for spec in cfg.embedders:
         label = spec.label
@@ -287,9 +298,8 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         for task in cfg.tasks:
             _log(f"{label}: {task.type}")
             fn = registry.resolve("task", task.type)
-            result.metrics.extend(fn(erun, task))
-        result.metrics.append(Metric(label, "load", "-", "speed/load_s", load_s, "s", False, "speed",
-                                     "wall time to build the embedder from its checkpoint"))
+            result.metrics.extend(fn(erun.inputs(), task))
+        result.metrics.append(LOAD.record(label, "load", "-", load_s))
         result.details[label] = erun.details
         result.timings[label] = erun.timings
         result.cache[label] = erun.cache_status

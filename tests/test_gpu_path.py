@@ -265,7 +265,9 @@ class _FakeCuda:
 
 
 def _speed_run(device: str, steps: list[str]):
-    """A minimal embedder run for tasks.run_speed; the embedder logs 'step' into `steps`."""
+    """Minimal task inputs for the speed task; the embedder logs 'step' into `steps`."""
+    from bench.tasks import TaskInputs
+    from bench.tasks.speed import SpeedParams
 
     class FakeEmb:
         supports_text = False
@@ -274,49 +276,38 @@ def _speed_run(device: str, steps: list[str]):
             steps.append("step")
             return torch.zeros(1, 2)
 
-    class Ctx:
-        class cfg:
-            class runtime:
-                batch_size = 2
-                num_workers = 0
-                dtype = "float32"
+    class Runtime:
+        batch_size = 2
+        num_workers = 0
+        dtype = "float32"
 
-        def dataset(self, name):
-            class DS:
-                image_paths = ["a", "b"]
+    class DS:
+        image_paths = ["a", "b"]
 
-                def __len__(self):
-                    return 2
+        def __len__(self):
+            return 2
 
-            return DS()
+    def no_embeddings(name):
+        raise AssertionError("the speed task needs no embeddings")
 
-    Ctx.device = device
-
-    class Run:
-        label, ctx, embedder = "x", Ctx(), FakeEmb()
-
-        def timed(self, key):
-            return contextlib.nullcontext()
-
-        def detail(self, key, value):
-            pass
-
-    class Task:
-        dataset, batch_size, num_images, warmup_batches, min_iterations, min_time_s = "d", 2, 2, 1, 2, 0.0
-
-    return Run(), Task()
+    inputs = TaskInputs(label="x", embedder=FakeEmb(), device=device, runtime=Runtime(),
+                        dataset=lambda n: DS(), image_embeddings=no_embeddings, text_embeddings=no_embeddings,
+                        timed=lambda key: contextlib.nullcontext(), detail=lambda key, value: None)
+    task = SpeedParams(type="speed", dataset="d", batch_size=2, num_images=2, warmup_batches=1,
+                       min_iterations=2, min_time_s=0.0)
+    return inputs, task
 
 
 def test_speed_task_synchronizes_around_every_timed_call_and_reports_cuda_memory(monkeypatch):
     """On CUDA the speed task's timed calls are bracketed by synchronize (queued kernels are inside the
     time), and peak allocated/reserved memory come from torch.cuda after a reset; on CPU, no CUDA call."""
     import bench.loader as loader
-    from bench import tasks
+    from bench.tasks import speed
 
     monkeypatch.setattr(loader, "image_batches", lambda *a, **k: iter([torch.zeros(2, 3)]))
     fake = _FakeCuda(monkeypatch)
     events = fake.calls  # steps and CUDA calls in one ordered log
-    out = tasks.run_speed(*_speed_run("cuda:0", events))
+    out = speed.run(*_speed_run("cuda:0", events))
     assert events[:2] == ["sync", "reset"]  # PeakMemory's entry
     assert events[-3:] == ["sync", "allocated", "reserved"]  # PeakMemory's exit
     loop = events[2:-3]
@@ -329,6 +320,6 @@ def test_speed_task_synchronizes_around_every_timed_call_and_reports_cuda_memory
     assert metrics["memory/peak_reserved_mib"] == 512.0
 
     events.clear()
-    out = tasks.run_speed(*_speed_run("cpu", events))
+    out = speed.run(*_speed_run("cpu", events))
     assert set(events) == {"step"}
     assert "memory/peak_allocated_mib" not in {m.key for m in out}

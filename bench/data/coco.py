@@ -14,15 +14,46 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from bench.data.base import CaptionDataset, LabelledDataset, drop_unreadable
 from bench.errors import DataError
+from bench.params import DatasetParams, Int, OnBadImage, typing_args
 from bench.paths import check_relative, normalized
 
-KARPATHY_SPLITS = ("train", "val", "test", "restval", "train+restval")
+
+# ---- parameters (the config's `datasets.<name>` entries of these types) -------------------------------
+class _CocoFileParams(DatasetParams):
+    annotations: Path
+    images: Path
+    max_images: Int(ge=1) | None = None
+    on_bad_image: OnBadImage = "error"
+
+
+class KarpathyParams(_CocoFileParams):
+    type: Literal["coco_karpathy", "flickr30k_karpathy"]
+    split: Literal["train", "val", "test", "restval", "train+restval"] = "test"
+    provides: ClassVar[str] = "captions"
+
+    def example_annotations(self) -> str:
+        return "dataset_flickr30k.json" if self.type == "flickr30k_karpathy" else "dataset_coco.json"
+
+
+class CocoCaptionsParams(_CocoFileParams):
+    type: Literal["coco_captions"]
+    provides: ClassVar[str] = "captions"
+    annotation_example: ClassVar[str] = "captions_val2017.json"
+
+
+class CocoInstancesParams(_CocoFileParams):
+    type: Literal["coco_instances"]
+    provides: ClassVar[str] = "labels"
+    annotation_example: ClassVar[str] = "instances_val2017.json"
+
+
+KARPATHY_SPLITS = typing_args(KarpathyParams.model_fields["split"].annotation)
 
 
 def read_json(path: str | Path, what: str = "annotation file") -> Any:

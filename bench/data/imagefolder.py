@@ -5,13 +5,24 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from bench.data.base import LabelledDataset, drop_unreadable
 from bench.errors import DataError
+from bench.params import DatasetParams, Int, OnBadImage
 
 DEFAULT_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+class ImageFolderParams(DatasetParams):
+    """root/<class>/<image>: single-label classification."""
+
+    type: Literal["imagefolder"]
+    root: Path
+    max_images: Int(ge=1) | None = None
+    on_bad_image: OnBadImage = "error"
 
 
 def _normalise_extensions(extensions: Iterable[str] | None) -> tuple[str, ...]:

@@ -17,9 +17,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.errors import CapabilityError
+from bench.params import DType, EmbedderParams, typing_args, validate_params
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,7 @@ class RuntimeOptions:
     compile: bool = False
 
 
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = typing_args(DType)
 
 
 def resolve_torch_dtype(kind: str, runtime: RuntimeOptions):
@@ -61,13 +62,40 @@ def resolve_torch_dtype(kind: str, runtime: RuntimeOptions):
 
 
 class Embedder(ABC):
-    """Base class. Subclasses set `kind` (registry name) and `modalities`."""
+    """Base class. Subclasses set `kind` (registry name), `Params` (their parameter model, defined
+    beside them) and `modalities`.
+
+    The constructor takes the already validated parameters (what the runner passes: the config's
+    entry), or, for scripts and tests, the model folder and settings as keywords, which are validated
+    by the same `Params` model (its `embed_model()`): each rule is written once, in the model.
+    """
 
     kind: str = ""
+    Params: ClassVar[type[EmbedderParams]] = EmbedderParams
     modalities: frozenset[str] = frozenset({"image"})
 
-    def __init__(self, runtime: RuntimeOptions | None = None) -> None:
+    def __init__(self, params: EmbedderParams | str | None = None, /, runtime: RuntimeOptions | None = None,
+                 **settings: Any) -> None:
+        if isinstance(params, self.Params) and not settings:
+            self.params = params
+        elif isinstance(params, EmbedderParams):
+            raise TypeError(f"{type(self).__name__} takes {self.Params.__name__}, "
+                            f"got {type(params).__name__}")
+        else:
+            if params is not None:
+                settings["model"] = params
+            self.params = validate_params(self.Params.embed_model(), {"type": self.kind, **settings},
+                                          self.kind)
         self.runtime = runtime or RuntimeOptions()
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import the libraries the embedder's loading needs, so that a one-time import is not counted
+        in the first embedder's load time (speed/load_s). Default: nothing."""
+
+    def _resolve_dtype(self):
+        """The torch dtype of the weights: the one dtype rule, `resolve_torch_dtype`."""
+        return resolve_torch_dtype(self.kind, self.runtime)
 
     # ---- capabilities -------------------------------------------------------------------
     @property

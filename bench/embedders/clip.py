@@ -1,18 +1,18 @@
 """CLIP (transformers CLIPModel) as an image + text embedder: projected, L2-normalized vectors.
 
-dtype: float32 everywhere; bfloat16/float16 only on CUDA. On CPU a half dtype is a ConfigError
-rather than a silent fallback, because it would change both the numbers and the speed being
-benchmarked.
+dtype: the one rule of bench.embedders.base.resolve_torch_dtype (float32 everywhere, bfloat16 on the
+CPU or CUDA, float16 on CUDA only).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, Literal
 
-from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
+from bench.embedders.base import Embedder, RuntimeOptions
 from bench.errors import ConfigError, ModelError
+from bench.params import EmbedderParams
 from bench.models.hub import (PICKLE_WEIGHTS, check_safetensors_files, hash_model_files, pickle_only_error,
                               resolve_model_dir)
 from bench.models.preprocess import load_clip_preprocess
@@ -23,17 +23,22 @@ log = logging.getLogger(__name__)
 _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
+class ClipParams(EmbedderParams):
+    type: Literal["clip"] = "clip"
+
+
 class ClipEmbedder(Embedder):
     """transformers CLIPModel: get_image_features / get_text_features, L2-normalized, float32 on CPU."""
 
     kind = "clip"
+    Params = ClipParams
     modalities = frozenset({"image", "text"})
 
-    def __init__(self, model: str, revision: str | None = None,
-                 runtime: RuntimeOptions | None = None) -> None:
-        super().__init__(runtime)
-        self.model_name = model
-        self.revision = revision
+    def __init__(self, params: ClipParams | str | None = None, /, runtime: RuntimeOptions | None = None,
+                 **settings: Any) -> None:
+        super().__init__(params, runtime, **settings)
+        self.model_name = model = self.params.model
+        self.revision = revision = self.params.revision
         self.model_dir = resolve_model_dir(model, revision,
                                            required=("config.json", "preprocessor_config.json"))
         self._check_config()
@@ -64,8 +69,9 @@ class ClipEmbedder(Embedder):
                              f"(an interrupted download?)")
         check_safetensors_files(self.model_dir)
 
-    def _resolve_dtype(self):
-        return resolve_torch_dtype(self.kind, self.runtime)
+    @classmethod
+    def preload(cls) -> None:
+        import transformers.models.clip.modeling_clip  # noqa: F401
 
     def _load_model(self):
         from safetensors import SafetensorError

@@ -7,48 +7,50 @@ tensors, for export). Pooled vectors are L2-normalized float32 on CPU.
 
 Only the vision tensors of the checkpoint are read (bench.models.phi3v.checkpoint). The crops of all
 images of a batch go through CLIP in one call; zero padding crops are dropped in `collate`.
-dtype: float32 on CPU; bfloat16/float16 only on CUDA (a half dtype on CPU is a ConfigError).
+dtype: the one rule of bench.embedders.base.resolve_torch_dtype (float16 on CUDA only).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
-from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
-from bench.errors import ConfigError, ModelError, unknown_name
+from bench.embedders.base import Embedder, RuntimeOptions
+from bench.errors import ModelError
+from bench.params import EmbedderParams, Int
 
 log = logging.getLogger(__name__)
 
-POOLINGS = ("mean", "global", "clip", "tokens")
+
+class Phi3VParams(EmbedderParams):
+    type: Literal["phi3v"] = "phi3v"
+    num_crops: Int(ge=1, le=64) | None = None  # None: the checkpoint's (Phi-3-vision 16, Phi-3.5-vision 4)
+    pooling: Literal["mean", "global", "clip"] = "mean"
+
+    @classmethod
+    def embed_model(cls) -> type[EmbedderParams]:
+        return Phi3VExportParams
+
+
+class Phi3VExportParams(Phi3VParams):
+    """`bench embed` may also export the unpooled image tokens (pooling 'tokens')."""
+
+    pooling: Literal["mean", "global", "clip", "tokens"] = "mean"
 
 
 class Phi3VImageEmbedder(Embedder):
     """Phi-3(.5)-vision image tokens (CLIP ViT-L/14-336 HD crops + projection), pooled."""
 
     kind = "phi3v"
+    Params = Phi3VParams
     modalities = frozenset({"image"})
 
-    def __init__(
-        self,
-        model: str,
-        revision: str | None = None,
-        num_crops: int | None = None,
-        pooling: str = "mean",
-        runtime: RuntimeOptions | None = None,
-    ) -> None:
-        super().__init__(runtime)
-        if pooling not in POOLINGS:
-            raise ConfigError(unknown_name("phi3v pooling", str(pooling), POOLINGS))
-        if num_crops is not None and (
-            isinstance(num_crops, bool) or not isinstance(num_crops, int) or num_crops < 1
-        ):
-            raise ConfigError(
-                f"num_crops must be a positive integer (Phi-3-vision uses 16, Phi-3.5-vision 4), "
-                f"got {num_crops!r}"
-            )
-        self.pooling = pooling
+    def __init__(self, params: Phi3VParams | str | None = None, /, runtime: RuntimeOptions | None = None,
+                 **settings: Any) -> None:
+        super().__init__(params, runtime, **settings)
+        model, revision, num_crops = self.params.model, self.params.revision, self.params.num_crops
+        self.pooling = self.params.pooling
         self.model_name = model
         self.revision = revision
         self._torch_dtype = self._resolve_dtype()
@@ -75,8 +77,9 @@ class Phi3VImageEmbedder(Embedder):
         if self.runtime.compile:
             log.info("phi3v: runtime.compile is ignored (the number of crops varies per batch)")
 
-    def _resolve_dtype(self):
-        return resolve_torch_dtype(self.kind, self.runtime)
+    @classmethod
+    def preload(cls) -> None:
+        import transformers.models.clip.modeling_clip  # noqa: F401
 
     # ---- identity -----------------------------------------------------------------------
     @property

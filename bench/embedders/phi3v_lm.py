@@ -23,10 +23,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
-from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
-from bench.errors import ConfigError, ModelError, unknown_name
+from pydantic import model_validator
+
+from bench.embedders.base import Embedder, RuntimeOptions
+from bench.errors import ModelError
+from bench.params import EmbedderParams, Int
 from bench.models.hub import hash_model_files, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -39,39 +42,50 @@ TEMPLATES: dict[str, dict[str, str]] = {
 }
 
 
-def _check_prompts(image_prompt: str, text_prompt: str) -> None:
-    from bench.models.phi3v.tokenizer import split_prompt
+class Phi3VLMParams(EmbedderParams):
+    type: Literal["phi3v-lm"] = "phi3v-lm"
+    num_crops: Int(ge=1, le=64) | None = None  # None: the checkpoint's (VLM2Vec uses 4)
+    template: Literal["vlm2vec", "e5v", "custom"] = "vlm2vec"
+    image_prompt: str | None = None  # overrides the template's
+    text_prompt: str | None = None
 
-    _, numbers = split_prompt(image_prompt)
-    if numbers != [1]:
-        raise ConfigError(f"image_prompt {image_prompt!r} must hold the tag <|image_1|> exactly once "
-                          f"(where the image tokens go), found {len(numbers)} image tag(s)")
-    if "{text}" not in text_prompt:
-        raise ConfigError(f"text_prompt {text_prompt!r} must hold {{text}} where the caption goes")
-    if split_prompt(text_prompt)[1]:
-        raise ConfigError(f"text_prompt {text_prompt!r} must not hold image tags like <|image_1|>")
+    @model_validator(mode="after")
+    def _check_prompts(self):
+        from bench.models.phi3v.tokenizer import split_prompt  # stdlib only
+
+        if self.template == "custom" and not (self.image_prompt and self.text_prompt):
+            raise ValueError("template 'custom' needs both image_prompt and text_prompt")
+        if self.image_prompt is not None and split_prompt(self.image_prompt)[1] != [1]:
+            found = len(split_prompt(self.image_prompt)[1])
+            raise ValueError(f"image_prompt must contain '<|image_1|>' exactly once, where the image goes "
+                             f"(found {found} image tag(s))")
+        if self.text_prompt is not None:
+            if "{text}" not in self.text_prompt:
+                raise ValueError("text_prompt must contain '{text}' where the caption goes")
+            if split_prompt(self.text_prompt)[1]:
+                raise ValueError("text_prompt must not hold image tags like <|image_1|>")
+        return self
+
+    def prompts(self) -> tuple[str, str]:
+        """(image prompt, text prompt): the template's, unless given."""
+        base = TEMPLATES.get(self.template, {})
+        return (self.image_prompt if self.image_prompt is not None else base["image"],
+                self.text_prompt if self.text_prompt is not None else base["text"])
 
 
 class Phi3VLMEmbedder(Embedder):
     """Phi-3-vision's language model as an embedder: last-token hidden state, L2-normalized."""
 
     kind = "phi3v-lm"
+    Params = Phi3VLMParams
     modalities = frozenset({"image", "text"})
 
-    def __init__(self, model: str, revision: str | None = None, num_crops: int | None = None,
-                 template: str = "vlm2vec", image_prompt: str | None = None, text_prompt: str | None = None,
-                 runtime: RuntimeOptions | None = None) -> None:
-        super().__init__(runtime)
-        if template not in TEMPLATES:
-            raise ConfigError(unknown_name("phi3v-lm template", template, TEMPLATES))
-        self.template = template
-        self.image_prompt = image_prompt if image_prompt is not None else TEMPLATES[template]["image"]
-        self.text_prompt = text_prompt if text_prompt is not None else TEMPLATES[template]["text"]
-        _check_prompts(self.image_prompt, self.text_prompt)
-        if num_crops is not None and (isinstance(num_crops, bool) or not isinstance(num_crops, int)
-                                      or num_crops < 1):
-            raise ConfigError(f"num_crops must be a positive integer (VLM2Vec uses 4), got {num_crops!r}")
-
+    def __init__(self, params: Phi3VLMParams | str | None = None, /, runtime: RuntimeOptions | None = None,
+                 **settings: Any) -> None:
+        super().__init__(params, runtime, **settings)
+        model, revision, num_crops = self.params.model, self.params.revision, self.params.num_crops
+        self.template = self.params.template
+        self.image_prompt, self.text_prompt = self.params.prompts()
         self.model_name = model
         self.revision = revision
         self.model_dir = resolve_model_dir(model, revision, required=("config.json",))
@@ -112,8 +126,10 @@ class Phi3VLMEmbedder(Embedder):
         if self.runtime.compile:
             log.info("phi3v-lm: runtime.compile is ignored (variable-length prompts would recompile)")
 
-    def _resolve_dtype(self):
-        return resolve_torch_dtype(self.kind, self.runtime)
+    @classmethod
+    def preload(cls) -> None:
+        import transformers.models.clip.modeling_clip  # noqa: F401
+        import transformers.models.phi3.modeling_phi3  # noqa: F401
 
     # ---- identity -----------------------------------------------------------------------
     @property

@@ -1,0 +1,64 @@
+"""Zero-shot classification: class names through prompt templates, scored by cosine similarity."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import field_validator
+
+from bench.params import TaskParams
+from bench.results import Metric
+from bench.tasks.base import MetricSpec, TaskInputs, num_items
+
+ZEROSHOT = MetricSpec(
+    "zeroshot/{name}", "%", True, "quality",  # name: top1, top5, mean_per_class_recall (single-label), mAP
+    "class names through prompt templates, averaged per class; cosine similarity")
+METRICS = (ZEROSHOT,)
+
+
+class ZeroShotParams(TaskParams):
+    type: Literal["zeroshot"]
+    dataset: str
+    templates: list[str] | None = None  # None = bench.metrics.zeroshot.DEFAULT_TEMPLATES
+    class_names: dict[str, str] | None = None  # optional renaming: folder name -> readable name
+    needs: ClassVar[frozenset[str]] = frozenset({"labels"})
+
+    @field_validator("templates")
+    @classmethod
+    def _has_slot(cls, v):
+        if v is not None:
+            if not v:
+                raise ValueError("templates must not be empty")
+            for t in v:
+                if "{c}" not in t:
+                    raise ValueError(f"template {t!r} has no '{{c}}' slot for the class name")
+        return v
+
+
+def run(inputs: TaskInputs, task: ZeroShotParams) -> list[Metric]:
+    from bench.embedders.base import check_finite
+    from bench.metrics.zeroshot import DEFAULT_TEMPLATES, class_text_embeddings, zeroshot_classify
+
+    ds = inputs.dataset(task.dataset)
+    emb = inputs.embedder
+    if not emb.supports_text:
+        names = ["mAP"] if ds.multilabel else ["top1", "top5", "mean_per_class_recall"]
+        reason = f"'{emb.kind}' embeds images only: it cannot embed class-name prompts"
+        return [ZEROSHOT.na(inputs.label, "zeroshot", task.dataset, reason, name=n) for n in names]
+    names = [(task.class_names or {}).get(c, c).replace("_", " ") for c in ds.class_names]
+    templates = task.templates or DEFAULT_TEMPLATES
+
+    def embed_prompts(prompts: list[str]):
+        return check_finite(emb.embed_texts(prompts), inputs.label, lambda i: f"prompt {prompts[i]!r}",
+                            f"the zero-shot prompts of dataset '{task.dataset}'", inputs.runtime.dtype)
+
+    with inputs.timed(f"zeroshot/{task.dataset}"):
+        class_emb = class_text_embeddings(embed_prompts, names, templates)
+        scores = zeroshot_classify(inputs.image_embeddings(task.dataset), class_emb, ds.labels,
+                                   multilabel=ds.multilabel)
+    arrays = {k: v for k, v in scores.items() if not isinstance(v, float)}
+    inputs.detail(f"zeroshot/{task.dataset}", {"class_names": ds.class_names, "templates": list(templates),
+                                               **arrays})
+    return [ZEROSHOT.record(inputs.label, "zeroshot", task.dataset, float(v),
+                            num_items=num_items(k, ds.labels, ds.multilabel), name=k)
+            for k, v in scores.items() if isinstance(v, (int, float))]
