@@ -44,11 +44,19 @@ OnBadImage = Literal["error", "skip"]  # skip: drop undecodable images with thei
 class Runtime(_Model):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    batch_size: Int(ge=1, le=4096) = 16
+    # auto: start at 64 on CUDA (16 on CPU) and halve on out-of-memory (bench.distributed.AutoBatchSize)
+    batch_size: StrictInt | Literal["auto"] = 16
     num_workers: Int(ge=0, le=64) = 1
     seed: StrictInt = 0
     compile: StrictBool = False
     threads: Int(ge=0) = 0  # 0 = torch default
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096):
+            return v
+        raise ValueError(f"an integer from 1 to 4096 or 'auto' (got {v!r})")
 
 
 # --------------------------------------------------------------------------------------------
