@@ -75,8 +75,8 @@ def setup(device: str) -> Dist:
     dev = f"cuda:{state.local_process_index}" if cuda else "cpu"
     launcher = "accelerate" if os.environ.get("ACCELERATE_MIXED_PRECISION") or any(
         k.startswith("ACCELERATE_") for k in os.environ) else "torchrun"
-    dist = Dist(world_size=state.num_processes, rank=state.process_index, local_rank=state.local_process_index,
-                backend=str(state.backend), device=dev, launcher=launcher)
+    dist = Dist(world_size=state.num_processes, rank=state.process_index,
+                local_rank=state.local_process_index, backend=str(state.backend), device=dev, launcher=launcher)
     if not dist.is_main:
         quiet_progress()
     return dist
@@ -170,6 +170,8 @@ def embed_share(dist: Dist, start: int, stop: int, granule: int, compute: Callab
     import torch
 
     n = stop - start
+    if n == 0:  # nothing to share out (an empty dataset): what one process would do
+        return compute(start, stop) if dist.is_main else None
     a, b = shard_bounds(n, dist.world_size, granule)[dist.rank]
     per = per_process(n, dist.world_size, granule)
     # A process past the end embeds the last item as its padding: its block keeps the common shape.
@@ -233,10 +235,12 @@ class AutoBatchSize:
             self.size = batch_size
             return fn(batch_size)
 
-        return find_executable_batch_size(attempt, starting_batch_size=self.size, reduce_batch_size_fn=halve)()
+        return find_executable_batch_size(attempt, starting_batch_size=self.size,
+                                          reduce_batch_size_fn=halve)()
 
     def record(self) -> dict[str, Any]:
-        return {"requested": "auto", "start": self.start, "used": self.size, "out_of_memory_at": self.halvings}
+        return {"requested": "auto", "start": self.start, "used": self.size,
+                "out_of_memory_at": self.halvings}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -123,22 +123,29 @@ class EmbedderRun:
         key = cache_key(self.fingerprint, ds.fingerprint(), modality)
         bar = _progress(n, f"{self.label} {modality}s {ds_name}", unit, self.ctx.progress)
         dist = self.ctx.dist
-        fill = lambda a, b: compute(a, b, bar)  # noqa: E731
-        if self.collective and dist is not None and dist.enabled:
-            from bench import distributed
+        together = self.collective and dist is not None and dist.enabled  # bench.distributed.embed_together
+        if together and not dist.is_main:  # embeds its shares; the main process owns the cache (one writer)
+            from bench.distributed import follow
 
-            if not dist.is_main:  # embeds its shares; the main process owns the cache (one writer per file)
-                distributed.follow(dist, fill)
-                bar.close()
-                return None
-            fill = lambda a, b: distributed.lead_range(dist, a, b, granule, lambda s, e: compute(s, e, bar),  # noqa: E731
-                                                       bar.update)
+            follow(dist, lambda s, e: compute(s, e, bar))
+            bar.close()
+            return None
+
+        def fill(a: int, b: int):
+            if together:  # every process embeds its share of [a, b); the rows come back here, in order
+                from bench.distributed import lead_range
+
+                return lead_range(dist, a, b, granule, lambda s, e: compute(s, e, bar), bar.update)
+            return compute(a, b, bar)
+
         with self.timed(f"embed_{modality}s/{ds_name}"):
             emb, status = self.ctx.cache.get_or_compute(
                 key, n, fill, describe={"embedder": self.label, "dataset": ds_name, "modality": modality},
                 on_progress=bar.update)
-            if self.collective and dist is not None and dist.enabled:
-                distributed.lead_done(dist)
+            if together:
+                from bench.distributed import lead_done
+
+                lead_done(dist)
         bar.close()
         self.cache_status[f"{modality}s/{ds_name}"] = status
         self._emb[(ds_name, modality)] = emb
@@ -240,7 +247,8 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     # Output folders too: a read-only, full or mistyped folder fails now, not after the embedding.
     if dist.is_main:
         check_run_outputs(cfg.output_dir, cfg.cache_dir, out_dir, use_cache)
-    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress and dist.is_main)
+    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache),
+                     progress=progress and dist.is_main)
     ctx.dist = dist
     if rt.batch_size == "auto":
         ctx.auto_batch_start = distributed.AUTO_BATCH_START["cuda" if device.startswith("cuda") else "cpu"]

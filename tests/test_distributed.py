@@ -91,7 +91,7 @@ class _OOM:
     def __call__(self, batch_size: int) -> str:
         self.tried.append(batch_size)
         if batch_size > self.fits:
-            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total capacity)")
+            raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.15 GiB total)")
         return f"ran at {batch_size}"
 
 
@@ -142,3 +142,45 @@ def test_one_process_dist_without_launcher(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     d = distributed.setup("cpu")
     assert (d.world_size, d.rank, d.is_main, d.enabled, d.backend) == (1, 0, True, False, None)
+
+
+def test_run_with_auto_batch_size_halves_on_simulated_oom(tmp_path, synthetic_dir, tiny_clip_dir, monkeypatch):
+    """runtime.batch_size: auto on the CPU starts at 16; batches above 4 images 'run out of memory' (the
+    CUDA error text accelerate recognizes): the run halves twice, embeds at 4 and says so."""
+    import json
+
+    import yaml
+
+    from bench.config import load_config
+    from bench.embedders.clip import ClipEmbedder
+    from bench.runner import run_benchmark
+
+    real = ClipEmbedder.embed_image_batch
+    sizes: list[int] = []
+
+    def tight(self, batch):
+        sizes.append(self.batch_size_of(batch))
+        if sizes[-1] > 4:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB (GPU 0; 1 GiB total)")
+        return real(self, batch)
+
+    monkeypatch.setattr(ClipEmbedder, "embed_image_batch", tight)
+    cfg = {"name": "auto", "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+           "runtime": {"device": "cpu", "batch_size": "auto", "num_workers": 0},
+           "datasets": {"f": {"type": "imagefolder", "root": str(synthetic_dir / "imagefolder/test"),
+                              "max_images": 10}},
+           "embedders": [{"type": "clip", "model": str(tiny_clip_dir)}],
+           "tasks": [{"type": "zeroshot", "dataset": "f", "templates": ["a {c}."]},
+                     {"type": "speed", "dataset": "f", "num_images": 4, "min_iterations": 1, "min_time_s": 0.0,
+                      "warmup_batches": 0}]}
+    p = tmp_path / "auto.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    out = run_benchmark(load_config(p), p, progress=False)
+    data = json.loads((out / "results.json").read_text())
+    assert data["config"]["runtime"]["batch_size"] == "auto"
+    assert data["details"]["clip"]["batch_size"] == {"requested": "auto", "start": 16, "used": 4,
+                                                     "out_of_memory_at": [16, 8]}
+    assert sizes[:3] == [10, 8, 4]  # 10 images: a first batch of all 10, then 8, then batches of 4
+    assert data["details"]["clip"]["speed/f"]["batch_size"] == 4  # the speed task runs at the found size
+    top1 = {m["key"]: m["value"] for m in data["metrics"]}["zeroshot/top1"]
+    assert top1 is not None

@@ -19,7 +19,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def _config(tmp: Path, data: Path, clip_dir: Path) -> Path:
     cfg = {
-        "name": "dist", "synthetic": True, "output_dir": str(tmp / "runs"), "cache_dir": "${BENCH_TEST_CACHE}",
+        "name": "dist", "synthetic": True, "output_dir": str(tmp / "runs"),
+        "cache_dir": "${BENCH_TEST_CACHE}",
         # batch 4: shares are whole batches (7 images -> 4 + 3 padded to 4; captions in steps of 32)
         "runtime": {"device": "cpu", "batch_size": 4, "num_workers": 0, "seed": 0},
         "datasets": {
