@@ -202,6 +202,15 @@ class EmbedderRun:
         return self._cached(ds_name, "text", len(texts), compute, "text", granule=step)
 
 
+def _distributed_note(label: str, rec: dict[str, Any]) -> str:
+    """The report's line on a multi-process embedding (the report renders notes as they are)."""
+    peaks = ", ".join(f"{p['peak_rss_mib']:.0f}" + (f" (GPU {p['peak_allocated_mib']:.0f})" if "peak_allocated_mib" in p
+                                                     else "") for p in rec["per_process_peak_memory_mib"])
+    rate = rec.get("aggregate_images_per_s")
+    return (f"{label}: embedded by {rec['world_size']} processes ({rec['backend']}, {rec['launcher']}); peak memory "
+            f"per process, MiB: {peaks}" + (f"; aggregate {rate:g} images/s" if rate else "") + ".")
+
+
 def _with_batch_size(cfg: Config, batch_size: int) -> Config:
     """cfg with runtime.batch_size replaced (runtime.batch_size: auto resolved to a number)."""
     return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"batch_size": batch_size})})
@@ -349,7 +358,9 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         if ctx.dist is not None and ctx.dist.enabled:  # all processes embed what the tasks need, now
             from bench.distributed import embed_together
 
-            erun.detail("distributed", embed_together(erun, cfg.tasks))
+            rec = embed_together(erun, cfg.tasks)
+            erun.detail("distributed", rec)
+            result.notes.append(_distributed_note(label, rec))
         describe = embedder.describe()
         result.embedders[label] = {
             "type": spec.type, "fingerprint": short_hash(erun.fingerprint), "fingerprint_detail": erun.fingerprint,

@@ -102,6 +102,8 @@ def test_records_world_size_backend_and_memory(runs):
     rec = d2["details"]["clip"]["distributed"]
     assert [p["rank"] for p in rec["per_process_peak_memory_mib"]] == [0, 1]
     assert all(p["peak_rss_mib"] > 0 for p in rec["per_process_peak_memory_mib"])
+    assert any(n.startswith("clip: embedded by 2 processes (gloo") for n in d2["notes"])
+    assert "embedded by 2 processes" in (runs["tmp"] / "two" / "report.md").read_text()
     # Only the main process writes and prints.
     assert runs["r2"].stdout.count("results: ") == 1
     assert not (runs["tmp"] / "runs").exists()
