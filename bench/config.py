@@ -53,10 +53,15 @@ class Runtime(_Model):
 
     @field_validator("batch_size", mode="before")
     @classmethod
-    def _batch_size(cls, v: Any) -> Any:
-        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 4096):
+    def _batch_size(cls, v: Any) -> Any:  # the strict-int messages, with 'auto' named as the alternative
+        if v == "auto":
             return v
-        raise ValueError(f"an integer from 1 to 4096 or 'auto' (got {v!r})")
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"Input should be a valid integer (got {v!r}) or 'auto'")
+        if not 1 <= v <= 4096:
+            bound = "greater than or equal to 1" if v < 1 else "less than or equal to 4096"
+            raise ValueError(f"Input should be {bound} (got {v!r}) or 'auto'")
+        return v
 
 
 # --------------------------------------------------------------------------------------------

@@ -76,7 +76,8 @@ def setup(device: str) -> Dist:
     launcher = "accelerate" if os.environ.get("ACCELERATE_MIXED_PRECISION") or any(
         k.startswith("ACCELERATE_") for k in os.environ) else "torchrun"
     dist = Dist(world_size=state.num_processes, rank=state.process_index,
-                local_rank=state.local_process_index, backend=str(state.backend), device=dev, launcher=launcher)
+                local_rank=state.local_process_index, backend=str(state.backend), device=dev,
+                launcher=launcher)
     if not dist.is_main:
         quiet_progress()
     return dist

@@ -204,11 +204,13 @@ class EmbedderRun:
 
 def _distributed_note(label: str, rec: dict[str, Any]) -> str:
     """The report's line on a multi-process embedding (the report renders notes as they are)."""
-    peaks = ", ".join(f"{p['peak_rss_mib']:.0f}" + (f" (GPU {p['peak_allocated_mib']:.0f})" if "peak_allocated_mib" in p
-                                                     else "") for p in rec["per_process_peak_memory_mib"])
+    peaks = ", ".join(f"{p['peak_rss_mib']:.0f}" + (f" (GPU {p['peak_allocated_mib']:.0f})"
+                                                     if "peak_allocated_mib" in p else "")
+                      for p in rec["per_process_peak_memory_mib"])
     rate = rec.get("aggregate_images_per_s")
-    return (f"{label}: embedded by {rec['world_size']} processes ({rec['backend']}, {rec['launcher']}); peak memory "
-            f"per process, MiB: {peaks}" + (f"; aggregate {rate:g} images/s" if rate else "") + ".")
+    return (f"{label}: embedded by {rec['world_size']} processes ({rec['backend']}, {rec['launcher']}); "
+            f"peak memory per process, MiB: {peaks}"
+            + (f"; aggregate {rate:g} images/s" if rate else "") + ".")
 
 
 def _with_batch_size(cfg: Config, batch_size: int) -> Config:

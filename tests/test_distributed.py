@@ -144,7 +144,8 @@ def test_one_process_dist_without_launcher(monkeypatch):
     assert (d.world_size, d.rank, d.is_main, d.enabled, d.backend) == (1, 0, True, False, None)
 
 
-def test_run_with_auto_batch_size_halves_on_simulated_oom(tmp_path, synthetic_dir, tiny_clip_dir, monkeypatch):
+def test_run_with_auto_batch_size_halves_on_simulated_oom(tmp_path, synthetic_dir, tiny_clip_dir,
+                                                          monkeypatch):
     """runtime.batch_size: auto on the CPU starts at 16; batches above 4 images 'run out of memory' (the
     CUDA error text accelerate recognizes): the run halves twice, embeds at 4 and says so."""
     import json
@@ -171,8 +172,8 @@ def test_run_with_auto_batch_size_halves_on_simulated_oom(tmp_path, synthetic_di
                               "max_images": 10}},
            "embedders": [{"type": "clip", "model": str(tiny_clip_dir)}],
            "tasks": [{"type": "zeroshot", "dataset": "f", "templates": ["a {c}."]},
-                     {"type": "speed", "dataset": "f", "num_images": 4, "min_iterations": 1, "min_time_s": 0.0,
-                      "warmup_batches": 0}]}
+                     {"type": "speed", "dataset": "f", "num_images": 4, "min_iterations": 1,
+                      "min_time_s": 0.0, "warmup_batches": 0}]}
     p = tmp_path / "auto.yaml"
     p.write_text(yaml.safe_dump(cfg))
     out = run_benchmark(load_config(p), p, progress=False)
