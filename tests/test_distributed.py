@@ -185,3 +185,14 @@ def test_run_with_auto_batch_size_halves_on_simulated_oom(tmp_path, synthetic_di
     assert data["details"]["clip"]["speed/f"]["batch_size"] == 4  # the speed task runs at the found size
     top1 = {m["key"]: m["value"] for m in data["metrics"]}["zeroshot/top1"]
     assert top1 is not None
+
+
+def test_processes_below_one_is_one_line(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "bench", "run", "configs/demo.yaml", "--processes", "0"],
+                       capture_output=True, text=True, cwd=root, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "bench: error: --processes must be at least 1 (got 0)"
