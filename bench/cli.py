@@ -4,6 +4,7 @@ disk) becomes one line on stderr and exit 2."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -15,14 +16,31 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     path = find_config(args.config)
     cfg = load_config(path)
+    if args.processes < 1:
+        raise BenchError(f"--processes must be at least 1 (got {args.processes})")
+    if args.processes > 1 and "WORLD_SIZE" not in os.environ:  # not yet launched: start torchrun
+        return _launch(args)
     from bench.runner import run_benchmark
 
     out = run_benchmark(cfg, path, use_cache=not args.no_cache, progress=not args.no_progress,
                         out_dir=Path(args.out) if args.out else None)
+    if out is None:  # not the main process of a multi-process run: it embedded its shares
+        return 0
     print(f"results: {out / 'results.json'}")
     print(f"markdown: {out / 'report.md'}")
     print(f"report: {out / 'report.html'}")
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`bench run CONFIG --processes N`: the same run under torchrun, N processes on this machine."""
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           str(args.processes), "-m", "bench", "run", args.config]
+    cmd += ["--no-cache"] * args.no_cache + ["--no-progress"] * args.no_progress
+    cmd += ["--out", args.out] if args.out else []
+    return subprocess.run(cmd).returncode
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -101,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cache", action="store_true", help="recompute embeddings (the cache is not read or written)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--out", help="run folder (default: <output_dir>/<name>-<timestamp>)")
+    r.add_argument("--processes", type=int, default=1, metavar="N",
+                   help="embed with N processes (torchrun on this machine; one per GPU on CUDA)")
     r.set_defaults(func=_cmd_run)
 
     v = sub.add_parser("validate", help="check config files without running them")

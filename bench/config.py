@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, Field, PrivateAttr, StrictBool, StrictInt, ValidationError, field_validator, \
     model_validator
@@ -35,11 +35,24 @@ class _Model(BaseModel):
 class Runtime(_Model):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: DType = "float32"
-    batch_size: Int(ge=1, le=4096) = 16
+    # auto: start at 64 on CUDA (16 on CPU) and halve on out-of-memory (bench.distributed.AutoBatchSize)
+    batch_size: StrictInt | Literal["auto"] = 16
     num_workers: Int(ge=0, le=64) = 1
     seed: StrictInt = 0
     compile: StrictBool = False
     threads: Int(ge=0) = 0  # 0 = torch default
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, v: Any) -> Any:  # the strict-int messages, with 'auto' named as the alternative
+        if v == "auto":
+            return v
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"Input should be a valid integer (got {v!r}) or 'auto'")
+        if not 1 <= v <= 4096:
+            bound = "greater than or equal to 1" if v < 1 else "less than or equal to 4096"
+            raise ValueError(f"Input should be {bound} (got {v!r}) or 'auto'")
+        return v
 
     @field_validator("device", mode="before")
     @classmethod

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import hashlib
 import json
+import os
 import sys
 import time
 from datetime import datetime, timezone
@@ -30,6 +31,8 @@ LOAD = MetricSpec("speed/load_s", "s", False, "speed", "wall time to build the e
 
 
 def _log(msg: str) -> None:
+    if os.environ.get("RANK", "0") != "0":  # several processes (torchrun): the main one speaks
+        return
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
@@ -39,6 +42,9 @@ def short_hash(obj: Any) -> str:
 
 class RunContext:
     """Shared state of one run: config, device, cache and the datasets (each loaded once)."""
+
+    dist: Any = None  # bench.distributed.Dist when launched with several processes
+    auto_batch_start: int | None = None  # runtime.batch_size: auto -> the size it starts from
 
     def __init__(self, cfg: Config, device: str, cache: EmbeddingCache, progress: bool = True) -> None:
         self.cfg = cfg
@@ -95,6 +101,13 @@ class EmbedderRun:
         self.timings: dict[str, float] = {}
         self.cache_status: dict[str, str] = {}
         self._emb: dict[tuple[str, str], Any] = {}
+        self.collective = False  # True while all processes embed together (bench.distributed)
+        self.auto_batch = None
+        if ctx.auto_batch_start:
+            from bench.distributed import AutoBatchSize
+
+            self.auto_batch = AutoBatchSize(ctx.auto_batch_start)
+            ctx.cfg = _with_batch_size(ctx.cfg, ctx.auto_batch_start)
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -114,17 +127,36 @@ class EmbedderRun:
                           image_embeddings=self.image_embeddings, text_embeddings=self.text_embeddings,
                           timed=self.timed, detail=self.detail)
 
-    def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str):
+    def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str, granule: int = 1):
         if (ds_name, modality) in self._emb:
             return self._emb[(ds_name, modality)]
         ds = self.ctx.dataset(ds_name)
         key = cache_key(self.fingerprint, ds.fingerprint(), modality)
         bar = _progress(n, f"{self.label} {modality}s {ds_name}", unit, self.ctx.progress)
+        dist = self.ctx.dist
+        together = self.collective and dist is not None and dist.enabled  # bench.distributed.embed_together
+        if together and not dist.is_main:  # embeds its shares; the main process owns the cache (one writer)
+            from bench.distributed import follow
+
+            follow(dist, lambda s, e: compute(s, e, bar))
+            bar.close()
+            return None
+
+        def fill(a: int, b: int):
+            if together:  # every process embeds its share of [a, b); the rows come back here, in order
+                from bench.distributed import lead_range
+
+                return lead_range(dist, a, b, granule, lambda s, e: compute(s, e, bar), bar.update)
+            return compute(a, b, bar)
+
         with self.timed(f"embed_{modality}s/{ds_name}"):
             emb, status = self.ctx.cache.get_or_compute(
-                key, n, lambda a, b: compute(a, b, bar), describe={"embedder": self.label, "dataset": ds_name,
-                                                                  "modality": modality},
+                key, n, fill, describe={"embedder": self.label, "dataset": ds_name, "modality": modality},
                 on_progress=bar.update)
+            if together:
+                from bench.distributed import lead_done
+
+                lead_done(dist)
         bar.close()
         self.cache_status[f"{modality}s/{ds_name}"] = status
         self._emb[(ds_name, modality)] = emb
@@ -138,9 +170,9 @@ class EmbedderRun:
         ds = self.ctx.dataset(ds_name)
         rt = self.ctx.cfg.runtime
 
-        def compute(start: int, stop: int, bar):
+        def compute_with(batch_size: int, start: int, stop: int, bar):
             out, done = [], start
-            for batch in image_batches(self.embedder, ds.image_paths[start:stop], rt.batch_size, rt.num_workers,
+            for batch in image_batches(self.embedder, ds.image_paths[start:stop], batch_size, rt.num_workers,
                                        pin_memory=self.ctx.device.startswith("cuda")):
                 e = self.embedder.embed_image_batch(batch)
                 # Before the cache or a score sees them: NaN/Inf vectors are the model's fault, named here.
@@ -151,7 +183,15 @@ class EmbedderRun:
                 bar.update(len(e))
             return torch.cat(out)
 
-        return self._cached(ds_name, "image", len(ds), compute, "img")
+        def compute(start: int, stop: int, bar):
+            if self.auto_batch is None:
+                return compute_with(rt.batch_size, start, stop, bar)
+            out = self.auto_batch.run(lambda bs: compute_with(bs, start, stop, bar))
+            self.ctx.cfg = _with_batch_size(self.ctx.cfg, self.auto_batch.size)  # the speed task's default
+            self.detail("batch_size", self.auto_batch.record())
+            return out
+
+        return self._cached(ds_name, "image", len(ds), compute, "img", granule=rt.batch_size)
 
     def text_embeddings(self, ds_name: str):
         ds = self.ctx.dataset(ds_name)
@@ -170,7 +210,23 @@ class EmbedderRun:
                 bar.update(len(e))
             return torch.cat(out)
 
-        return self._cached(ds_name, "text", len(texts), compute, "text")
+        return self._cached(ds_name, "text", len(texts), compute, "text", granule=step)
+
+
+def _distributed_note(label: str, rec: dict[str, Any]) -> str:
+    """The report's line on a multi-process embedding (the report renders notes as they are)."""
+    peaks = ", ".join(f"{p['peak_rss_mib']:.0f}" + (f" (GPU {p['peak_allocated_mib']:.0f})"
+                                                     if "peak_allocated_mib" in p else "")
+                      for p in rec["per_process_peak_memory_mib"])
+    rate = rec.get("aggregate_images_per_s")
+    return (f"{label}: embedded by {rec['world_size']} processes ({rec['backend']}, {rec['launcher']}); "
+            f"peak memory per process, MiB: {peaks}"
+            + (f"; aggregate {rate:g} images/s" if rate else "") + ".")
+
+
+def _with_batch_size(cfg: Config, batch_size: int) -> Config:
+    """cfg with runtime.batch_size replaced (runtime.batch_size: auto resolved to a number)."""
+    return cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"batch_size": batch_size})})
 
 
 def _progress(total: int, desc: str, unit: str, enabled: bool):
@@ -189,8 +245,10 @@ def build_embedder(spec, ctx: RunContext) -> Embedder:
 
 
 def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = True, progress: bool = True,
-                  out_dir: Path | None = None, render: bool = True) -> Path:
-    """Run every task for every embedder; return the run folder (results.json, report.*)."""
+                  out_dir: Path | None = None, render: bool = True) -> Path | None:
+    """Run every task for every embedder; return the run folder (results.json, report.*). Launched with
+    several processes (torchrun), all embed and only the main one scores and writes: the others
+    return None once their shares are gathered."""
     import numpy as np
     import torch
 
@@ -203,15 +261,33 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     torch.manual_seed(rt.seed)
     np.random.seed(rt.seed)
     device = resolve_device(rt.device)
+    from bench import distributed
+
+    dist = distributed.setup(device)  # one process unless launched by torchrun / accelerate launch
+    device = dist.device if dist.enabled else device
     # The embedders' dtype rule, checked once before any output or loading.
     resolve_torch_dtype("", RuntimeOptions(device=device, dtype=rt.dtype))
     # Output folders too: a read-only, full or mistyped folder fails now, not after the embedding.
-    check_run_outputs(cfg.output_dir, cfg.cache_dir, out_dir, use_cache)
-    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache), progress=progress)
+    if dist.is_main:
+        check_run_outputs(cfg.output_dir, cfg.cache_dir, out_dir, use_cache)
+    ctx = RunContext(cfg, device, EmbeddingCache(cfg.cache_dir, enabled=use_cache),
+                     progress=progress and dist.is_main)
+    ctx.dist = dist
+    if rt.batch_size == "auto":
+        ctx.auto_batch_start = distributed.AUTO_BATCH_START["cuda" if device.startswith("cuda") else "cpu"]
+        ctx.cfg = _with_batch_size(cfg, ctx.auto_batch_start)
     # Every dataset a task uses loads, and fits its tasks, before any output is written.
     from bench.tasks import check_tasks_against_data
 
     check_tasks_against_data(cfg.tasks, ctx.dataset)
+    if not dist.is_main:
+        for spec in cfg.embedders:  # embed this process's shares, embedder by embedder, then leave
+            embedder = build_embedder(spec, ctx)
+            distributed.embed_together(EmbedderRun(ctx, spec.label, embedder), cfg.tasks)
+            del embedder
+            gc.collect()
+        distributed.teardown()
+        return None
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"
@@ -223,7 +299,9 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
         made = True
     state = {"finished": 0, "complete": False}  # embedders whose results.json is written; the whole run
     try:
-        return _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state)
+        done = _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state)
+        distributed.teardown()
+        return done
     except BaseException as e:
         if not state["complete"]:  # a failure while rendering leaves complete results as they are
             _record_failure(out_dir, made, state["finished"], e)
@@ -273,6 +351,8 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
     if cfg.synthetic:
         result.notes.append("Synthetic benchmark: generated images and tiny random-initialized models. "
                             "The numbers measure the harness, not model quality.")
+    if ctx.dist is not None and ctx.dist.enabled:
+        result.environment["distributed"] = ctx.dist.describe()
     result.notes += ctx.dataset_notes()
     result.datasets = ctx.dataset_summary()
     _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
@@ -289,6 +369,12 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         load_s = time.perf_counter() - t0
         erun = EmbedderRun(ctx, label, embedder)
         erun.timings["load"] = round(load_s, 4)
+        if ctx.dist is not None and ctx.dist.enabled:  # all processes embed what the tasks need, now
+            from bench.distributed import embed_together
+
+            rec = embed_together(erun, cfg.tasks)
+            erun.detail("distributed", rec)
+            result.notes.append(_distributed_note(label, rec))
         describe = embedder.describe()
         result.embedders[label] = EmbedderRecord(
             type=spec.type, fingerprint=short_hash(erun.fingerprint), fingerprint_detail=erun.fingerprint,
