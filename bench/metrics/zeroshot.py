@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-
 # A short, generic subset of the CLIP ImageNet prompt ensemble; `{c}` is the class name.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
     "a photo of a {c}.",

@@ -115,7 +115,8 @@ def _cached_snapshot(model: str, revision: str | None, cache: Path) -> Path | No
     try:
         return Path(snapshot_download(model, revision=revision, cache_dir=cache, local_files_only=True))
     except IncompleteSnapshotError as e:
-        raise ModelError(f"cached snapshot of '{model}' is incomplete ({e}); {_fix_hint(model, revision)}") from None
+        raise ModelError(f"cached snapshot of '{model}' is incomplete ({e}); "
+                         f"{_fix_hint(model, revision)}") from None
     except (LocalEntryNotFoundError, ValueError):  # ValueError: an id or revision the hub library refuses
         return None
 
