@@ -18,7 +18,7 @@ help:
 	@echo "make bench [CONFIG=name|path]  run a benchmark (default: the offline demo) and print the report path"
 	@echo "make test                      run the test suite (offline)"
 	@echo "make regress                   run the demo and compare it with reports/baselines/demo.json"
-	@echo "make perf                      speed/memory scripts in benchmarks/ (prints ratios vs targets)"
+	@echo "make perf [QUICK=1]            speed/memory scripts in benchmarks/ (ratios vs targets; results.json for bench report)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -57,7 +57,7 @@ baseline: setup data models
 	$(BIN)/bench baseline accept reports/runs/baseline-candidate --to reports/baselines/demo.json
 
 perf: setup data models
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all $(if $(QUICK),--quick)
 
 lint: setup
 	$(BIN)/python -m ruff check bench tests benchmarks || true

@@ -43,15 +43,17 @@ def verdict(target: str, ok: bool) -> str:
     return "MET" if ok else "MISSED"
 
 
-def report(name: str, value: float, target: str, ok: bool, detail: str = "") -> None:
+def report(name: str, value: float, target: str, ok: bool, detail: str = "", **facts: object) -> None:
     """One line per figure, `value` next to its target and MET/MISSED; also appended to results.jsonl
-    (with the script that wrote it, from run_all's BENCH_PERF_SCRIPT) for run_all's summary table."""
+    (with the script that wrote it, from run_all's BENCH_PERF_SCRIPT) for run_all's summary table and
+    results.json (benchmarks.perf_results). `facts` (unit, kind, higher_is_better) override what
+    perf_results reads from the name and the target."""
     mark = verdict(target, ok)
     print(f"[{mark}] {name}: {value:.3f} (target {target}) {detail}".rstrip(), flush=True)
     WORK.mkdir(parents=True, exist_ok=True)
     row = {"name": name, "value": value, "target": target, "ok": ok, "verdict": mark, "detail": detail,
            "script": os.environ.get("BENCH_PERF_SCRIPT", Path(sys.argv[0]).name),
-           "quick": os.environ.get("BENCH_PERF_QUICK") == "1"}
+           "quick": os.environ.get("BENCH_PERF_QUICK") == "1", **facts}
     with open(RESULTS, "a") as f:
         f.write(json.dumps(row) + "\n")
 
@@ -110,12 +112,3 @@ def full_clip_b32() -> Path:
             shutil.copy(tiny / f, out / f)
     (out / "_done").write_text("ok")
     return out
-
-
-def median(xs):
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
-
-
-sys.path.insert(0, str(ROOT))

@@ -7,7 +7,7 @@ throughput and memory on every run by design (a cached timing would be a wrong t
 fixed cost the cache cannot remove; the second variant shows what the cache itself saves.
 Also (issue 10, item 3): the cost of verifying a cache shard on read (checksum + finite check) on a
 100k x 768 and a 100k x 512 float32 shard, against reading the shard, with the checksums considered.
-Usage: python benchmarks/bench_cache.py [--checksum-only]   (the demo runs need `make data models` first)
+Usage: python -m benchmarks.bench_cache [--checksum-only]   (the demo runs need `make data models` first)
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from _common import ROOT, WORK, report
+from benchmarks._common import ROOT, WORK, report
 
 
 def _twice(cfg, tag: str) -> tuple[float, float, float]:

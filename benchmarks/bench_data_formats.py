@@ -8,7 +8,7 @@ CLIP_benchmark webdataset shards (test/{0..k}.tar). Conversion is not timed. For
   fingerprint  ds.fingerprint() (content hash of the data files, or head/tail of each image file)
   embed        tiny CLIP image embeddings through bench.loader.image_batches (batch 64, 1 worker)
 Each format is checked to give exactly the reference's embeddings. Usage:
-  python benchmarks/bench_data_formats.py [--n 2000] [--workers 1] [--repeat 3] [--dir /tmp/bench_data_formats]
+  python -m benchmarks.bench_data_formats [--n 2000] [--workers 1] [--repeat 3] [--dir /tmp/bench_data_formats]
 """
 
 from __future__ import annotations
@@ -66,11 +66,11 @@ def main() -> None:
 
     from bench.data.coco import load_karpathy
     from bench.data.hf import HFParams, load_hf
-    from bench.demo.synthetic import make_synthetic
     from bench.data.webdataset import WebDatasetParams, load_webdataset
+    from bench.demo.synthetic import make_synthetic
+    from bench.demo.tiny_clip import make_tiny_clip
     from bench.embedders.clip import ClipEmbedder
     from bench.loader import image_batches
-    from bench.demo.tiny_clip import make_tiny_clip
 
     work = Path(args.dir)
     paths = make_synthetic(work / "synthetic", n_train=0, n_val=0, n_test=args.n, seed=0)

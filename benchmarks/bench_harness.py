@@ -5,15 +5,16 @@ CLIP ViT-B/32 (random weights, full size), N JPEGs of 640x480 read from disk, fl
   B. bench end to end: bench's loader (decode + preprocess in a worker) + ClipEmbedder, batch B
   C. naive: one image at a time through transformers' CLIPImageProcessor and the model (the seed's way)
 Target 1: B / A >= 0.9.  Target 2: B / C >= 1.5.  Rounds alternate A, B, C; medians are reported.
-Usage: python benchmarks/bench_harness.py [--images 256] [--batch 16] [--rounds 3]
+Usage: python -m benchmarks.bench_harness [--images 256] [--batch 16] [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from statistics import median
 
-from _common import full_clip_b32, jpeg_folder, median, report
+from benchmarks._common import full_clip_b32, jpeg_folder, report
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ still hold the imports' own peak); it falls back to sampling RSS every 5 ms wher
 Targets (issue 6, target 4): peak RSS rise <= 1.5x the vision tensors' float32 bytes; image time
 <= 1/5 of the whole-checkpoint time (float32 vs float32; bf16 vs bf16 printed as a second line).
 
-Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_loading.py [--lm-gb 4.0] [--rounds 3]
+Usage: OMP_NUM_THREADS=2 python -m benchmarks.bench_loading [--lm-gb 4.0] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import PHI3_HIDDEN, PHI3_INTERMEDIATE, PHI3_VOCAB, ROOT, median, phi3v_config, report  # noqa: E402
+from benchmarks._common import PHI3_HIDDEN, PHI3_INTERMEDIATE, PHI3_VOCAB, ROOT, phi3v_config, report
 
 CACHE = ROOT / ".cache" / "bench_loading"
 # Where an earlier version of this script wrote the same checkpoint (same names, values and shards):
@@ -191,7 +190,8 @@ def warm(folder: Path) -> None:
 
 def measure(folder: Path, mode: str) -> dict:
     warm(folder)
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(folder)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", __spec__.name, "--child", mode, str(folder)],
+                         capture_output=True,
                          text=True, cwd=ROOT, timeout=1800)
     if out.returncode:
         raise SystemExit(f"{mode} load failed:\n{out.stderr[-3000:]}")

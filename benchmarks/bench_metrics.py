@@ -2,7 +2,7 @@
 - retrieval recall@k: 5,000 images x 25,000 captions x 1,024 dims, chunk 1024 (target < 3 s);
 - linear probe: 10,000 train x 1,024 dims, 10 classes, full C sweep + retrain (target < 60 s);
 - (information) multi-label probe, 5,000 x 512, 20 classes, and the chunk size's effect on retrieval.
-Usage: python benchmarks/bench_metrics.py [--quick]
+Usage: python -m benchmarks.bench_metrics [--quick]
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import os
 for _v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_v, "2")
 
+import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
-from _common import report  # noqa: E402
+from benchmarks._common import report  # noqa: E402
 
 
 def bench_retrieval(n_img: int = 5000, per: int = 5, dim: int = 1024, repeats: int = 3) -> None:
@@ -34,7 +35,7 @@ def bench_retrieval(n_img: int = 5000, per: int = 5, dim: int = 1024, repeats: i
         t = time.perf_counter()
         r = recall_at_k(img, txt, owner, chunk_size=1024)
         times.append(time.perf_counter() - t)
-    best, med = min(times), sorted(times)[len(times) // 2]
+    best, med = min(times), statistics.median(times)
     report(f"retrieval recall@k {n_img}x{n_img * per}x{dim} (s, median of {repeats})", med, "< 3", med < 3.0,
            f"min {best:.2f} s; i2t@1 {r['i2t_recall@1']:.1f} t2i@1 {r['t2i_recall@1']:.1f}")
     for cs in (256, 2048):

@@ -22,7 +22,7 @@ to other processes, though not immune). On CUDA, timings are synchronized and pe
 is printed.
 Target (issue 6, target 3): reference time / bench time >= 1.25 at num_crops 16.
 
-Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_phi3v_image.py [--num-crops 16 4]
+Usage: OMP_NUM_THREADS=2 python -m benchmarks.bench_phi3v_image [--num-crops 16 4]
        [--images 4] [--repeat 1] [--no-isolate-skip] [--granularity image|batch] [--device cpu]
        [--dtype float32] [--json out.json]
 """
@@ -35,8 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import phi3v_config, report  # noqa: E402
+from benchmarks._common import phi3v_config, report
 
 # (width, height): landscape 4:3, portrait 3:4, wide 3:1, square: different crop grids, with and
 # without zero-padding crops.

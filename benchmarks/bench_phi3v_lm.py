@@ -12,7 +12,7 @@ Scaling to 32 layers (stated in the output):
 (decoder layers are identical, run one after another, and their activations are freed between
 layers, so both grow linearly with the layer count; the final RMSNorm is negligible).
 
-Usage: OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_phi3v_lm.py [--layers 2] [--dtype float32]
+Usage: OMP_NUM_THREADS=2 python -m benchmarks.bench_phi3v_lm [--layers 2] [--dtype float32]
 """
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import PHI3_HIDDEN, PHI3_VOCAB, phi3v_config, report  # noqa: E402
+from benchmarks._common import PHI3_HIDDEN, PHI3_VOCAB, ROOT, phi3v_config, report
 
 FULL_LAYERS = 32
 HIDDEN, VOCAB = PHI3_HIDDEN, PHI3_VOCAB
@@ -206,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         write_checkpoint(folder, args.layers)
         print(f"wrote random checkpoint to {folder} in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    out = subprocess.run([sys.executable, __file__, "--measure", "--layers", str(args.layers), "--dtype", args.dtype,
-                          "--captions", str(args.captions), "--repeats", str(args.repeats),
-                          "--workdir", str(args.workdir)], env=env, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", __spec__.name, "--measure", "--layers", str(args.layers),
+                          "--dtype", args.dtype, "--captions", str(args.captions), "--repeats", str(args.repeats),
+                          "--workdir", str(args.workdir)], env=env, capture_output=True, text=True, cwd=ROOT)
     if out.returncode:
         print(out.stderr, file=sys.stderr)
         return out.returncode

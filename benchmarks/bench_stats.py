@@ -4,7 +4,7 @@
 - 95% intervals (1,000 resamples) of every retrieval measure, both directions (18 metrics), and the
   paired intervals of two embedders for the same 18 (target < 30 s each);
 - the .npz record size (target < 1 MB), and (info) mAP intervals for 5,000 images x 80 classes.
-Usage: python benchmarks/bench_stats.py [--quick]
+Usage: python -m benchmarks.bench_stats [--quick]
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from _common import report  # noqa: E402
+from benchmarks._common import report  # noqa: E402
 
 ALL = ("recall", "true_recall", "mrr", "ndcg", "median_rank")
 

@@ -1,12 +1,15 @@
 """`make perf`: run every benchmark script, each in its own subprocess, then one summary table of every
-figure next to its target (MET / MISSED; INFO for figures given for information).
+figure next to its target (MET / MISSED; INFO for figures given for information), and the figures as a
+bench run (results.json, benchmark "perf": `bench report` renders it, `bench compare` tracks it).
 
-Usage: python benchmarks/run_all.py [SCRIPT ...] [--skip SCRIPT ...] [--quick] [--strict] [--markdown FILE]
+Usage: python -m benchmarks.run_all [SCRIPT ...] [--skip SCRIPT ...] [--quick] [--strict] [--markdown FILE]
+                                    [--out FOLDER]
   SCRIPT: harness cache metrics phi3v_image loading phi3v_lm (default: all, in that order);
           `--list` names them with their arguments.
   --quick: smaller settings per script (fewer images, rounds, crops): minutes instead of about an hour;
            quick figures are marked "(quick)" and are not the ones the README quotes.
   --strict: exit 1 when a target is MISSED too (by default only a script that fails makes it exit 1).
+  --out: the run folder of results.json (default reports/runs/<run id>).
 Each script appends its figures to results.jsonl in BENCH_PERF_DIR (default .cache/perf), which this
 script empties first. The machine is shared and noisy: every figure is a ratio measured side by side
 within one script run; see the README's performance section.
@@ -15,16 +18,17 @@ within one script run; see the README's performance section.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
+from benchmarks._common import RESULTS, ROOT, verdict
+from benchmarks.perf_results import default_out_dir, read_rows, write_run
+
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import RESULTS, verdict  # noqa: E402
 
 # name -> (script, full-run arguments, --quick arguments), in run order.
 SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
@@ -43,12 +47,6 @@ def _name(arg: str) -> str:
     if stem not in SCRIPTS:
         raise SystemExit(f"unknown script {arg!r}: choose from {', '.join(SCRIPTS)}")
     return stem
-
-
-def _rows() -> list[dict]:
-    if not RESULTS.exists():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
 
 
 def summary_table(rows: list[dict], markdown: bool = False) -> str:
@@ -80,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     ap.add_argument("--markdown", type=Path, help="also write the summary table as Markdown to this file")
     ap.add_argument("--list", action="store_true", help="print the scripts and their arguments, run nothing")
+    ap.add_argument("--out", type=Path, help="run folder of results.json (default reports/runs/<run id>)")
     args = ap.parse_args(argv)
 
     chosen = [_name(s) for s in args.scripts] or list(SCRIPTS)
@@ -91,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     RESULTS.unlink(missing_ok=True)
+    created = datetime.now(timezone.utc)
     failed: list[str] = []
     durations: dict[str, float] = {}
     for n in chosen:
@@ -104,13 +104,14 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ, BENCH_PERF_SCRIPT=script, BENCH_PERF_QUICK="1" if args.quick else "0",
                    HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
         start = time.perf_counter()
-        rc = subprocess.run([sys.executable, str(HERE / script), *extra], cwd=HERE.parent, env=env).returncode
+        module = f"benchmarks.{script.removesuffix('.py')}"
+        rc = subprocess.run([sys.executable, "-m", module, *extra], cwd=ROOT, env=env).returncode
         durations[n] = time.perf_counter() - start
         if rc:
             print(f"== {script} failed (exit {rc})", flush=True)
             failed.append(n)
 
-    rows = _rows()
+    rows = read_rows(RESULTS)
     print(f"\n== summary ({'quick' if args.quick else 'full'} run; scripts took "
           + ", ".join(f"{n} {s:.0f} s" for n, s in durations.items()) + ")")
     print(summary_table(rows) if rows else "(no figures were written)")
@@ -123,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"targets missed: {missed} of {missed + marks.count('MET')}")
     if failed:
         print(f"scripts that failed: {', '.join(failed)}")
+    if rows:
+        out = write_run(rows, args.out or default_out_dir(created), quick=args.quick, timings=durations,
+                        created=created)
+        print(f"figures as a bench run: {out} (render: bench report {out.parent}; track: bench compare)")
     return 1 if failed or (args.strict and missed) else 0
 
 

@@ -68,20 +68,36 @@ def test_multilabel_map_hand_computed_with_a_tie_and_an_absent_class():
     assert r["mAP"] == pytest.approx(100 * (ap0 + ap1) / 2)
 
 
-def test_average_precision_matches_sklearn_with_ties():
-    from sklearn.metrics import average_precision_score
+def _stepwise_ap(y, s) -> float:
+    """An independent AP: sort by score, one step per group of equal scores, precision times the
+    recall gained (the definition, written out)."""
+    y, s = np.asarray(y, bool), np.asarray(s, float)
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
+    tp = np.cumsum(y)[last]
+    return float(np.sum(np.diff(np.r_[0.0, tp / y.sum()]) * tp / (last + 1)))
 
+
+def test_average_precision_by_hand_and_with_ties():
+    # ranked 1 (pos), 2 (neg), 3 (pos): AP = (1/1 + 2/3) / 2
+    assert average_precision([1, 0, 1], [0.9, 0.8, 0.1]) == pytest.approx((1 + 2 / 3) / 2)
+    # a tie between a positive and a negative enters together: precision 1/2 at recall 1
+    assert average_precision([1, 0], [0.5, 0.5]) == pytest.approx(0.5)
+    # infinite scores (a class never seen in training) rank and tie like any other score
+    assert average_precision([0, 1, 1], [-np.inf, 0.5, -np.inf]) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert np.isnan(average_precision([0, 0], [0.1, 0.2]))
     rng = np.random.default_rng(0)
     for _ in range(20):
         y = rng.random(40) < 0.3
         y[0] = True
         s = rng.integers(0, 6, 40).astype(float)  # coarse scores: many ties
-        assert average_precision(y, s) == pytest.approx(average_precision_score(y, s))
+        assert average_precision(y, s) == pytest.approx(_stepwise_ap(y, s), abs=1e-12)
     labels = (rng.random((30, 4)) < 0.4).astype(int)
     labels[:, 3] = 0
     scores = rng.standard_normal((30, 4))
     m, per = mean_average_precision(labels, scores)
-    want = [100 * average_precision_score(labels[:, j], scores[:, j]) for j in range(3)]
+    want = [100 * _stepwise_ap(labels[:, j], scores[:, j]) for j in range(3)]
     assert per[:3] == pytest.approx(want) and per[3] is None
     assert m == pytest.approx(np.mean(want))
 

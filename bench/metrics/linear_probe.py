@@ -50,7 +50,6 @@ from bench.metrics.zeroshot import mean_average_precision, topk_metrics
 __all__ = ["COARSE_C", "NEWTON_MAX_WORK", "REFINE_FACTORS", "ProbeResult", "choose_solver", "linear_probe",
            "mean_average_precision"]
 
-HIGHER_IS_BETTER = True
 COARSE_C: tuple[float, ...] = tuple(10.0**e for e in range(-2, 5))
 REFINE_FACTORS: tuple[float, ...] = (10**-0.5, 10**-0.25, 10**0.25, 10**0.5)
 _CONST_SCORE = 1e6  # score of a class that was constant (always / never present) in training

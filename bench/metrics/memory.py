@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 MIB = 1024 * 1024
-HIGHER_IS_BETTER = False
 _ACTIVE: list[PeakMemory] = []  # open blocks, outermost first
 _LOCK = threading.Lock()
 

@@ -6,8 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-HIGHER_IS_BETTER = True
-
 
 def _as_tensor(x: Any, name: str):
     import numpy as np

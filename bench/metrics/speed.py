@@ -18,8 +18,6 @@ from numbers import Real
 
 import numpy as np
 
-HIGHER_IS_BETTER = {"per_s": True, "latency": False, "cold": False}
-
 
 @dataclass
 class Latency:
@@ -86,10 +84,6 @@ class Throughput:
     @property
     def value(self) -> float:
         return self.items / self.seconds if self.seconds > 0 else float("nan")
-
-    @classmethod
-    def from_latency(cls, latency: Latency, items_per_step: float, unit: str = "items/s") -> Throughput:
-        return cls(items_per_step * latency.count, latency.total, unit)
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Zero-shot classification: class names through prompt templates, averaged per class (CLIP protocol).
 
 Also home of the score-matrix metrics shared with the linear probe (`topk_metrics`,
-`mean_average_precision`): plain numpy, no scikit-learn.
+`mean_average_precision`, through scikit-learn's `average_precision_score`).
 
 Precision: the prompt average and the scores are computed in float64. The towers' float32 outputs
 differ between CPU kernels in the last bits (ATen's vectorized reductions sum in a different order
@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
-HIGHER_IS_BETTER = True
 
 # A short, generic subset of the CLIP ImageNet prompt ensemble; `{c}` is the class name.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -146,21 +144,17 @@ def topk_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
 
 
 def average_precision(y_true: np.ndarray, score: np.ndarray) -> float:
-    """AP of one class (fraction), the step-wise sum over thresholds that scikit-learn's
-    `average_precision_score` computes: samples with equal scores enter together."""
+    """AP of one class (fraction): scikit-learn's `average_precision_score` (the step-wise sum over
+    thresholds; samples with equal scores enter together); NaN when the class has no positive."""
+    from sklearn.metrics import average_precision_score
+
     y = np.asarray(y_true).astype(bool)
-    s = np.asarray(score, dtype=np.float64)
-    n_pos = int(y.sum())
-    if n_pos == 0:
+    if not y.any():
         return float("nan")
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    # last index of each group of equal scores (-inf == -inf groups too)
-    last = np.flatnonzero(np.r_[s[1:] != s[:-1], True])
-    tp = np.cumsum(y)[last]
-    precision = tp / (last + 1)
-    recall = tp / n_pos
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    s = np.asarray(score, dtype=np.float64)
+    if np.isinf(s).any():  # scikit-learn refuses infinities: their ranks order and tie the same way
+        s = np.unique(s, return_inverse=True)[1].astype(np.float64)
+    return float(average_precision_score(y, s))
 
 
 def mean_average_precision(labels: Any, scores: Any) -> tuple[float, list[float | None]]:

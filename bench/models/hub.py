@@ -1,7 +1,9 @@
 """Find a checkpoint folder offline (local path or hub id in the HF cache) and fingerprint its files.
 
-No network, ever: a hub id is looked up only in the local Hugging Face cache
-(`models--org--name/snapshots/<sha>/`, with `refs/<branch>` pointing at a snapshot).
+No network, ever: a hub id is looked up only in the local Hugging Face cache, through
+`huggingface_hub.snapshot_download(..., local_files_only=True)` (which reads `refs/<branch>` and
+returns `models--org--name/snapshots/<sha>/`). Only what the hub library does not do is written
+here: abbreviated commit shas, a hand-copied cache without refs, and errors that list what is cached.
 Shared by every embedder (CLIP, Phi-3-vision).
 """
 
@@ -95,7 +97,7 @@ def resolve_model_dir(model: str, revision: str | None = None,
     if not (repo / "snapshots").is_dir():
         raise ModelError(f"model '{model}' not found offline: {looked}; {_fix_hint(model, revision)}")
 
-    snapshot = _pick_snapshot(repo, model, revision, looked)
+    snapshot = _cached_snapshot(model, revision, cache) or _pick_snapshot(repo, model, revision, looked)
     missing = _missing(snapshot, required)
     if missing:
         raise ModelError(f"cached snapshot {snapshot} of '{model}' is incomplete: "
@@ -104,7 +106,24 @@ def resolve_model_dir(model: str, revision: str | None = None,
     return snapshot
 
 
+def _cached_snapshot(model: str, revision: str | None, cache: Path) -> Path | None:
+    """The snapshot huggingface_hub finds offline for a branch, tag or full commit sha; None when it finds
+    none (the caller then looks further and explains). local_files_only: the hub is never contacted."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import IncompleteSnapshotError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(model, revision=revision, cache_dir=cache, local_files_only=True))
+    except IncompleteSnapshotError as e:
+        raise ModelError(f"cached snapshot of '{model}' is incomplete ({e}); "
+                         f"{_fix_hint(model, revision)}") from None
+    except (LocalEntryNotFoundError, ValueError):  # ValueError: an id or revision the hub library refuses
+        return None
+
+
 def _pick_snapshot(repo: Path, model: str, revision: str | None, looked: str) -> Path:
+    """What huggingface_hub does not resolve: an abbreviated commit sha, or a cache without refs/main holding
+    exactly one snapshot; otherwise a ModelError listing the cached refs and snapshots."""
     snapshots = repo / "snapshots"
     available = sorted(p.name for p in snapshots.iterdir() if p.is_dir())
     refs = repo / "refs"
@@ -115,13 +134,13 @@ def _pick_snapshot(repo: Path, model: str, revision: str | None, looked: str) ->
     ref_file = refs / wanted
     if ref_file.is_file():
         sha = ref_file.read_text().strip()
-        if (snapshots / sha).is_dir():
+        if (snapshots / sha).is_dir():  # huggingface_hub missed it: a hand-written ref ending in a newline
             return snapshots / sha
         raise ModelError(f"'{model}' revision '{wanted}' points at snapshot {sha}, "
                          f"which is not in {snapshots}; "
                          f"{_fix_hint(model, revision)}")
     if revision:
-        # A commit sha, full or abbreviated (as shown on the hub).
+        # A commit sha, abbreviated (as shown on the hub).
         matches = [s for s in available if s.startswith(revision.lower())] if len(revision) >= 7 else []
         if len(matches) == 1:
             return snapshots / matches[0]

@@ -443,7 +443,3 @@ def reference_forward(
         tokens = tokens[0]
         out.append(module.img_projection(tokens) if project else tokens)
     return out
-
-
-def param_count(module: nn.Module) -> int:
-    return int(sum(p.numel() for p in module.parameters()))
