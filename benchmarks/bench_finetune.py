@@ -11,19 +11,17 @@ vitb32 One optimizer step (forward, symmetric InfoNCE, backward, AdamW) of full-
        32 (224x224 images, 77-token texts) on this CPU: s/step (median of the steps after a first,
        untimed one that allocates the optimizer state) and peak RSS of the process (ru_maxrss).
 
-Usage: .venv/bin/python benchmarks/bench_finetune.py [--part demo|vitb32|all] [--threads N] [--steps 3]
+Usage: .venv/bin/python -m benchmarks.bench_finetune [--part demo|vitb32|all] [--threads N] [--steps 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import statistics
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from _common import WORK, full_clip_b32, median, report  # noqa: E402
+from benchmarks._common import WORK, full_clip_b32, report
 
 RECIPE = dict(name="clip-ft", base="clip", train="synthetic-train", steps=150, batch_size=64, lr=1e-3,
               weight_decay=0.1, warmup_steps=0, schedule="constant", seed=0, log_every=25, save_every=1000)
@@ -107,7 +105,7 @@ def vitb32(threads: int | None, steps: int) -> None:
         print(f"step {i}: {time.perf_counter() - t:.2f} s (loss {float(loss):.3f})", flush=True)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     n = sum(p.numel() for p in model.parameters())
-    report("finetune ViT-B/32 batch 32 s/step", median(times), "(info)", True,
+    report("finetune ViT-B/32 batch 32 s/step", statistics.median(times), "(info)", True,
            f"{torch.get_num_threads()} threads, {n / 1e6:.1f}M params, steps {[round(t, 2) for t in times]}")
     report("finetune ViT-B/32 batch 32 peak RSS MB", rss, "(info)", True, "ru_maxrss of the process")
 

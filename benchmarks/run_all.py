@@ -38,6 +38,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "phi3v_image": ("bench_phi3v_image.py", [], ["--num-crops", "16", "--images", "2", "--no-isolate-skip"]),
     "loading": ("bench_loading.py", [], ["--rounds", "1"]),
     "phi3v_lm": ("bench_phi3v_lm.py", [], ["--repeats", "1", "--captions", "4"]),
+    "finetune": ("bench_finetune.py", [], ["--part", "demo"]),
 }
 
 

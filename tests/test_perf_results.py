@@ -48,7 +48,7 @@ def test_results_json_loads_renders_and_compares(rows, tmp_path):
     assert len(rows) == len(FIGURES)
     run = tmp_path / "run"
     assert perf_results.main(["--from", str(_common.RESULTS), "--out", str(run)]) == 0
-    data = load_results(run)
+    data = load_results(run).to_json()
     assert data["benchmark"] == "perf" and data["synthetic"] is True and data["config"]["quick"] is True
     by_key = {m["key"]: m for m in data["metrics"]}
     m = by_key["cache/cache: demo second run / first run (quick)"]
