@@ -180,13 +180,7 @@ class Phi3VLMEmbedder(Embedder):
         return self.processor.preprocess_one(image)
 
     def collate(self, items: list[Any]) -> Any:
-        import torch
-
-        return {
-            "pixel_values": torch.stack([torch.as_tensor(it["pixel_values"]) for it in items]),
-            "image_sizes": torch.tensor([list(it["image_size"]) for it in items], dtype=torch.long),
-            "num_img_tokens": [int(it["num_img_tokens"]) for it in items],
-        }
+        return self.processor.collate(items)
 
     def batch_size_of(self, batch: Any) -> int:
         return len(batch["num_img_tokens"])

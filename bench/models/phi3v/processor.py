@@ -157,7 +157,7 @@ class Phi3VImageProcessor:
         import torch
 
         return {
-            "pixel_values": torch.stack([it["pixel_values"] for it in items]),
+            "pixel_values": torch.stack([torch.as_tensor(it["pixel_values"]) for it in items]),
             "image_sizes": torch.tensor([list(it["image_size"]) for it in items], dtype=torch.long),
             "num_img_tokens": [int(it["num_img_tokens"]) for it in items],
         }
