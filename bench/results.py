@@ -134,6 +134,8 @@ class Environment(Record):
     git: GitInfo | None = None
     device: DeviceInfo | None = None
     hardware_fingerprint: str | None = None
+    # multi-process runs only (bench.distributed.Dist.describe): world size, backend, launcher
+    distributed: dict[str, Any] | None = None
 
 
 class DatasetSummary(Record):

@@ -352,7 +352,7 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         result.notes.append("Synthetic benchmark: generated images and tiny random-initialized models. "
                             "The numbers measure the harness, not model quality.")
     if ctx.dist is not None and ctx.dist.enabled:
-        result.environment["distributed"] = ctx.dist.describe()
+        result.environment.distributed = ctx.dist.describe()
     result.notes += ctx.dataset_notes()
     result.datasets = ctx.dataset_summary()
     _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
