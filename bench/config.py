@@ -62,7 +62,13 @@ def _union(kind: str) -> Any:
 
 def types_providing(what: set[str] | frozenset[str]) -> list[str]:
     """The dataset types whose items carry `what` ("captions", "labels")."""
-    return [n for n in registry.names("dataset") if registry.params_model("dataset", n).provides in what]
+    return [n for n in registry.names("dataset") if provides(registry.params_model("dataset", n)) & set(what)]
+
+
+def provides(entry: Any) -> set[str]:
+    """What a dataset type (or one config entry of it) provides; "captions|labels": either, the
+    entry's settings or its data decide (bench.data.hf.EntryProvides)."""
+    return set(str(entry.provides).split("|"))
 
 
 class Regression(_Model):
@@ -105,7 +111,7 @@ class Config(_Model):
                                     f"unknown dataset '{ref}'{did_you_mean(ref, self.datasets)} "
                                     f"defined: {', '.join(sorted(self.datasets)) or '(none)'}")
                 kind = self.datasets[ref].type
-                if self.datasets[ref].provides not in t.needs:
+                if not provides(self.datasets[ref]) & t.needs:
                     needs = types_providing(t.needs)
                     raise _RefError(f"tasks[{i}].{field_name}",
                                     f"task '{t.type}' needs a dataset of type {'|'.join(sorted(needs))}, "

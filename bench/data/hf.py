@@ -16,14 +16,16 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from bench.data.base import drop_unreadable
 from bench.data.refs import (ImageRef, SourcedCaptionDataset, SourcedLabelledDataset, TableRow,
                              hash_data_file, read_arrow_table)
 from bench.errors import DataError, did_you_mean
+from bench.params import DatasetParams, Int, OnBadImage
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +34,24 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _GLOB = re.compile(r"[*?\[]")
 
 
-class HFParams(BaseModel):
+class EntryProvides:
+    """`provides` of a dataset type whose entries decide it (bench.params.DatasetParams.provides): read
+    on the class, "captions|labels" (tasks of either kind may name such a type); read on an entry, what
+    that entry gives ("captions", "labels", or "captions|labels" when only the data can tell: the
+    runner then checks the loaded dataset, bench.tasks.check_tasks_against_data)."""
+
+    def __init__(self, decide) -> None:
+        self.decide = decide
+
+    def __get__(self, entry, owner=None) -> str:
+        return "captions|labels" if entry is None else self.decide(entry)
+
+
+class HFParams(DatasetParams):
     """Parameters of `type: hf` (exactly one of caption_column / label_column)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    type: Literal["hf"] = "hf"
+    provides: ClassVar[Any] = EntryProvides(lambda p: "captions" if p.caption_column else "labels")
     path: str = Field(description="save_to_disk folder, folder/glob of .parquet/.arrow files, or a hub "
                                   "dataset id in the local HF cache")
     name: str | None = Field(None, description="config (subset) name, for folders with several configs")
@@ -52,7 +67,9 @@ class HFParams(BaseModel):
                                                      "(default: the data file's folder)")
     where: dict[str, Union[Scalar, list[Scalar]]] | None = Field(
         None, description="keep rows whose column equals the value (or one of the values)")
-    max_images: int | None = Field(None, ge=1, description="keep the first N images")
+    max_images: Int(ge=1) | None = Field(None, description="keep the first N images")
+    on_bad_image: OnBadImage = Field("error", description="skip: decode every image at load time and drop "
+                                                          "the unreadable ones with their captions/labels")
 
     @model_validator(mode="after")
     def _one_target(self) -> HFParams:
@@ -341,12 +358,22 @@ def _keep(table, where: dict, schema, origin: str) -> list[bool]:
     return keep
 
 
-def load_hf(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabelledDataset:
+def load_hf(name: str, params: HFParams | None = None, /, **settings: Any
+            ) -> SourcedCaptionDataset | SourcedLabelledDataset:
     """Read a `type: hf` dataset: annotations in memory, images as references (see module docstring).
 
-    Rows keep the files' order (files sorted by name); rows failing `where`, and for captions rows
-    without any non-empty caption (counted in `skipped`), are dropped with their image, never shifted.
+    `params`, or the settings of a config entry (validated by HFParams). Rows keep the files' order
+    (files sorted by name); rows failing `where`, and for captions rows without any non-empty caption
+    (counted in `skipped_samples`), are dropped with their image, never shifted. With on_bad_image
+    'skip' every image is decoded once now and the unreadable ones are dropped with their captions or
+    labels (bench.data.base.drop_unreadable).
     """
+    params = params if params is not None else HFParams(**settings)
+    ds = _load(name, params)
+    return drop_unreadable(ds, params.on_bad_image, params.path)
+
+
+def _load(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabelledDataset:
     src = resolve_source(params)
     target = params.caption_column or params.label_column
     role = "caption column" if params.caption_column else "label column"
@@ -386,8 +413,7 @@ def load_hf(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabel
             values.append(column[i])
             if len(images) >= limit:
                 break
-    if skipped:
-        log.warning("%s: %d rows without a caption skipped", src.origin, skipped)
+    notes = [f"dataset '{name}': skipped {skipped} row(s) of {src.origin} without a caption"] if skipped else []
     if not images:
         why = ("no row matches where=" + json.dumps(params.where) if params.where and not total
                else f"no row has a non-empty caption in '{target}'" if total else "it has no rows")
@@ -396,7 +422,8 @@ def load_hf(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabel
     source = _source_fingerprint(src, used, params)
     if params.caption_column:
         return SourcedCaptionDataset(name=name, image_paths=images, captions=values,
-                                     image_ids=[p.name for p in images], source=source, skipped=skipped)
+                                     image_ids=[p.name for p in images], source=source, skipped_samples=skipped,
+                                     notes=notes)
     feature = features.get(target) if isinstance(features, dict) else None
     labels, names, multilabel = _labels(values, target, feature, params, src.origin)
     return SourcedLabelledDataset(name=name, image_paths=images, labels=labels, class_names=names,

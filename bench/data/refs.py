@@ -276,7 +276,9 @@ class SourcedCaptionDataset(CaptionDataset):
     (content hashes and revision)."""
 
     source: str = ""
-    skipped: int = 0  # samples dropped (counted) by the loader, e.g. a shard sample without caption
+    # samples the loader dropped (counted, said in `notes`): a shard sample without caption, a row
+    # without any caption; `skipped` (base class) lists the unreadable images of on_bad_image: skip.
+    skipped_samples: int = 0
 
     def fingerprint(self) -> str:
         return _fingerprint(self.image_paths, self.source, [" | ".join(c) for c in self.captions])
@@ -289,7 +291,7 @@ class SourcedLabelledDataset(LabelledDataset):
 
     source: str = ""
     templates: list[str] | None = None
-    skipped: int = 0
+    skipped_samples: int = 0
 
     def fingerprint(self) -> str:
         labels = [str(row.tolist()) if self.multilabel else str(int(row)) for row in self.labels]
