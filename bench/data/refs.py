@@ -55,20 +55,12 @@ class ImageRef:
         return str(self)
 
     def decode(self):
-        """PIL RGB image, with one DataError naming the container and member for corrupt data."""
-        from PIL import Image
+        """PIL RGB image, with one DataError naming the container and member for corrupt data, and the
+        decompression-bomb rule of image files (bench.data.images.decode_image)."""
+        from bench.data.images import decode_image
 
-        from bench.data.images import to_rgb
-
-        data = self.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return to_rgb(im)
-        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-            # UnidentifiedImageError is an OSError.
-            raise DataError(f"cannot decode image {self.describe()}: {e} (the stored image is corrupt or not "
-                            "an image; re-create or re-download that file)") from None
+        return decode_image(io.BytesIO(self.read_bytes()), self.describe(),
+                            "the stored image is corrupt or not an image; re-create or re-download that file")
 
 
 @dataclass(frozen=True)
