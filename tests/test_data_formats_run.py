@@ -87,9 +87,9 @@ def _datasets(out: Path, syn: Path) -> dict:
     return d
 
 
-def _config(tmp: Path, name: str, datasets: dict, tasks: list, clip: Path) -> Path:
+def _config(tmp: Path, name: str, datasets: dict, tasks: list, clip: Path, workers: int = 0) -> Path:
     cfg = {"name": name, "synthetic": True, "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache"),
-           "runtime": {"device": "cpu", "batch_size": 8, "num_workers": 1, "seed": 0},
+           "runtime": {"device": "cpu", "batch_size": 8, "num_workers": workers, "seed": 0},
            "datasets": datasets, "embedders": [{"type": "clip", "name": "clip", "model": str(clip)}],
            "tasks": tasks}
     p = tmp / f"{name}.yaml"
@@ -156,8 +156,8 @@ def test_template_choice_and_the_data_decides_what_an_entry_provides(data, tiny_
     # webdataset kind auto may hold either: the loaded data is checked against the task
     path = _config(tmp_path, "kind", ds, [{"type": "zeroshot", "dataset": "cap_wds"}], tiny_clip_dir)
     rc, err = _cli(capsys, "run", str(path), "--no-progress")
-    assert rc == 2 and err == ["error: tasks[0].dataset: task 'zeroshot' needs labels, dataset 'cap_wds' holds "
-                               "captions"] or (rc == 2 and "needs labels, dataset 'cap_wds' holds captions" in err[-1])
+    assert rc == 2 and err == ["bench: error: tasks[0].dataset: task 'zeroshot' needs labels, dataset 'cap_wds' "
+                               "holds captions"]
 
 
 def test_changed_parquet_or_revision_changes_the_cache_key(data, tiny_clip_dir, tmp_path):
@@ -177,7 +177,7 @@ def test_changed_parquet_or_revision_changes_the_cache_key(data, tiny_clip_dir, 
     ds = {"pq": {"type": "hf", "path": str(tmp_path / "pq"), "caption_column": "captions"},
           "main": {"type": "hf", "path": "bench/caps", "caption_column": "captions"},
           "old": {"type": "hf", "path": "bench/caps", "revision": "a" * 40, "caption_column": "captions"}}
-    path = _config(tmp_path, "fp", ds, [{"type": "retrieval", "dataset": n} for n in ds], tiny_clip_dir)
+    path = _config(tmp_path, "fp", ds, [{"type": "retrieval", "dataset": n} for n in ds], tiny_clip_dir, workers=1)
 
     def run(tag: str) -> dict:
         import os
@@ -203,3 +203,87 @@ def test_changed_parquet_or_revision_changes_the_cache_key(data, tiny_clip_dir, 
     third = run("3")
     assert third["datasets"]["pq"]["fingerprint"] != fps["pq"]
     assert third["cache"]["clip"]["images/pq"] == "miss" and third["cache"]["clip"]["images/main"] == "hit"
+
+
+def _one_error(capsys, tmp: Path, clip: Path, entry: dict, task: dict | None = None) -> str:
+    path = _config(tmp, "bad", {"d": entry}, [task or {"type": "retrieval", "dataset": "d", "ks": [1, 2]}], clip)
+    rc, err = _cli(capsys, "run", str(path), "--no-progress")
+    assert rc == 2 and len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+def test_bad_inputs_are_one_line(data, tiny_clip_dir, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out, kar, _ = data
+    clip = tiny_clip_dir
+    err = _one_error(capsys, tmp_path, clip, {"type": "hf", "path": str(out / "cap_std"), "caption_column": "caption"})
+    assert "has no column 'caption' (the caption column); did you mean 'captions'?" in err and "columns: image, captions" in err
+    err = _one_error(capsys, tmp_path, clip, {"type": "hf", "path": str(out / "lab_std"), "split": "tset",
+                                              "label_column": "label"}, {"type": "zeroshot", "dataset": "d"})
+    assert "has no split 'tset'; did you mean 'test'?" in err and "splits: test, train" in err
+    pq.write_table(pa.table({"image": pa.array([], pa.binary()), "text": pa.array([], pa.string())}),
+                   tmp_path / "empty.parquet")
+    err = _one_error(capsys, tmp_path, clip, {"type": "hf", "path": str(tmp_path / "empty.parquet"),
+                                              "image_column": "image", "caption_column": "text"})
+    assert "split 'test' is empty: it has no rows" in err
+    # a tar with a missing caption: the error names the sample and shard; never a shift of captions
+    good = [{"jpg": p.read_bytes(), "txt": c[0].encode()} for p, c in zip(kar.image_paths[:6], kar.captions[:6])]
+    _tar(tmp_path / "miss" / "test" / "0.tar", good[:3] + [{"jpg": good[3]["jpg"]}] + good[4:])
+    err = _one_error(capsys, tmp_path, clip, {"type": "webdataset", "path": str(tmp_path / "miss")})
+    assert "sample 's0000003' of shard" in err and "0.tar has no a caption (.txt)" in err
+    # a shard with a corrupt image: one line naming the member, or a counted skip with on_bad_image: skip
+    bad = good[:2] + [{"jpg": b"\xff\xd8 not a jpeg", "txt": b"broken"}] + good[3:]
+    _tar(tmp_path / "corrupt" / "test" / "0.tar", bad)
+    err = _one_error(capsys, tmp_path, clip, {"type": "webdataset", "path": str(tmp_path / "corrupt")})
+    assert "cannot decode image member 's0000002.jpg' of shard" in err
+    path = _config(tmp_path, "skip", {"d": {"type": "webdataset", "path": str(tmp_path / "corrupt"),
+                                            "on_bad_image": "skip"}}, [{"type": "retrieval", "dataset": "d", "ks": [1]}], clip)
+    rc, _ = _cli(capsys, "run", str(path), "--no-progress", "--out", str(tmp_path / "skip_run"))
+    res = json.loads((tmp_path / "skip_run" / "results.json").read_text())
+    assert rc == 0 and res["datasets"]["d"]["num_images"] == 5 and res["datasets"]["d"]["skipped_images"] == 1
+    assert res["datasets"]["d"]["skipped_captions"] == 1 and res["datasets"]["d"]["num_captions"] == 5
+    assert any("skipped 1 unreadable image and 1 caption" in n for n in res["notes"])
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"type": "hf", "path": "x", "caption_colum": "c"}, "datasets.d.caption_colum"),
+    ({"type": "hf", "path": "x", "caption_column": "c", "label_column": "l"}, "exactly one of caption_column"),
+    ({"type": "hf", "path": "x", "caption_column": "c", "max_images": "3"}, "max_images"),
+    ({"type": "hf", "path": "x", "caption_column": "c", "on_bad_image": "drop"}, "on_bad_image"),
+    ({"type": "hf", "caption_column": "c"}, "path"),
+    ({"type": "webdataset", "split": "test"}, "set path"),
+    ({"type": "webdataset", "path": "x", "max_images": 0}, "max_images"),
+    ({"type": "webdataset", "path": "x", "kind": "labels"}, "task 'retrieval' needs a dataset of type "
+                                                            "coco_captions|coco_karpathy|flickr30k_karpathy|hf|webdataset"),
+    ({"type": "hf", "path": "x", "label_column": "l"}, "'d' is hf"),
+])
+def test_config_errors_of_the_new_types(entry, expected, tmp_path, capsys):
+    path = _config(tmp_path, "cfg", {"d": entry}, [{"type": "retrieval", "dataset": "d"}], Path("m"))
+    rc, err = _cli(capsys, "validate", "--no-files", str(path))
+    assert rc == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_decompression_bombs_in_shards_are_refused_or_skipped(data, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from bench.data.images import load_image
+    from bench.data.webdataset import load_webdataset
+    from bench.errors import DataError
+
+    out, kar, _ = data
+    big = io.BytesIO()
+    Image.new("RGB", (250, 200)).save(big, format="PNG")
+    small = [{"png": p.read_bytes(), "txt": c[0].encode()} for p, c in zip(kar.image_paths[:3], kar.captions[:3])]
+    _tar(tmp_path / "w" / "test" / "0.tar", small[:1] + [{"png": big.getvalue(), "txt": b"big"}] + small[1:])
+    w, h = Image.open(kar.image_paths[0]).size
+    assert w * h <= 20000, "the synthetic images must stay under the test's limit"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20000)  # 50,000 px > 2 x 20,000: a "bomb"
+    ds = load_webdataset("d", path=str(tmp_path / "w"))
+    with pytest.raises(DataError, match=r"image member 's0000001.png' of shard .*0\.tar has 50000 pixels, over the "
+                                        r"limit of 40000 pixels that guards against decompression bombs"):
+        load_image(ds.image_paths[1])
+    kept = load_webdataset("d", path=str(tmp_path / "w"), on_bad_image="skip")
+    assert len(kept) == 3 and kept.skipped == [str(ds.image_paths[1])]
+    assert kept.captions == [[c[0]] for c in kar.captions[:3]]
