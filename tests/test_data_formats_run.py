@@ -287,3 +287,21 @@ def test_decompression_bombs_in_shards_are_refused_or_skipped(data, tmp_path, mo
     kept = load_webdataset("d", path=str(tmp_path / "w"), on_bad_image="skip")
     assert len(kept) == 3 and kept.skipped == [str(ds.image_paths[1])]
     assert kept.captions == [[c[0]] for c in kar.captions[:3]]
+
+
+def test_parquet_conversion_revision_with_a_config_folder(data, tmp_path, monkeypatch):
+    """The hub's parquet conversion (revision refs/convert/parquet) lays files out as
+    <config>/<split>/NNNN.parquet: `name` picks the config folder (configs/coco_hf.yaml uses it)."""
+    from bench.data.hf import load_hf
+
+    out, kar, _ = data
+    repo = tmp_path / "hub" / "datasets--org--port"
+    snap = repo / "snapshots" / ("d" * 40)
+    (snap / "TEST" / "test").mkdir(parents=True)
+    shutil.copyfile(out / "cap_pq" / "data" / "test-00000-of-00002.parquet", snap / "TEST" / "test" / "0000.parquet")
+    shutil.copyfile(out / "cap_pq" / "data" / "test-00001-of-00002.parquet", snap / "TEST" / "test" / "0001.parquet")
+    (repo / "refs" / "refs" / "convert").mkdir(parents=True)
+    (repo / "refs" / "refs" / "convert" / "parquet").write_text("d" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    ds = load_hf("c", path="org/port", revision="refs/convert/parquet", name="TEST", caption_column="captions")
+    assert ds.captions == kar.captions and '"revision":"' + "d" * 40 in ds.source

@@ -153,9 +153,13 @@ def _data_folder(folder: Path, params: HFParams, revision: str | None, origin: s
     if (folder / params.split / "state.json").is_file():  # a save_to_disk DatasetDict inside a hub repo
         return _save_to_disk(folder / params.split, origin)
     scripts = sorted(p.name for p in folder.glob("*.py"))
+    name = params.name
+    if name and (folder / name).is_dir() and not (folder / "README.md").is_file():
+        # the hub's parquet conversion (revision refs/convert/parquet): <config>/<split>/NNNN.parquet
+        folder, name = folder / name, None
     with tempfile.TemporaryDirectory() as tmp:  # the builder wants a cache folder: keep it out of ~/.cache
         try:
-            builder = datasets.load_dataset_builder(str(folder), name=params.name, cache_dir=tmp)
+            builder = datasets.load_dataset_builder(str(folder), name=name, cache_dir=tmp)
         except Exception as e:  # datasets raises many types here; all mean "cannot use this folder"
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if scripts:
