@@ -26,7 +26,8 @@ def load_image(path: str | Path):
         return decode_image(path, str(path), "the file is corrupt or not an image; remove it or fix the "
                                              "annotation that lists it")
     except FileNotFoundError:
-        raise DataError(f"image not found: {path} (check the dataset's 'images' folder in the config)") from None
+        raise DataError(f"image not found: {path} (check the dataset's 'images' folder in the config)") \
+            from None
 
 
 def decode_image(source, where: str, corrupt_hint: str):
@@ -51,9 +52,9 @@ def decode_image(source, where: str, corrupt_hint: str):
         return rgb
     except Image.DecompressionBombError as e:
         px, limit = (re.findall(r"(\d+) pixels", str(e)) + ["?", "?"])[:2]
-        raise DataError(f"image {where} has {px} pixels, over the limit of {limit} pixels that guards against "
-                        "decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2): resize the image (the embedders "
-                        "use a few megapixels at most) or remove it from the dataset") from None
+        raise DataError(f"image {where} has {px} pixels, over the limit of {limit} pixels that guards "
+                        "against decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2): resize the image (the "
+                        "embedders use a few megapixels at most) or remove it from the dataset") from None
     except FileNotFoundError:
         raise
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

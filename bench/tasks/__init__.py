@@ -39,6 +39,7 @@ def check_tasks_against_data(tasks: Sequence[Any], dataset: Callable[[str], Any]
             if got not in task.needs:
                 from bench.errors import ConfigError
 
-                raise ConfigError(f"tasks[{i}].{field}: task '{task.type}' needs {' or '.join(sorted(task.needs))}, "
-                                  f"dataset '{ref}' holds {got}")
+                needs = " or ".join(sorted(task.needs))
+                raise ConfigError(f"tasks[{i}].{field}: task '{task.type}' needs {needs}, dataset '{ref}' "
+                                  f"holds {got}")
         task.check_data(dataset, f"tasks[{i}]")

@@ -42,9 +42,9 @@ class ZeroShotParams(TaskParams):
         if self.templates == "dataset" and not getattr(dataset(self.dataset), "templates", None):
             from bench.errors import ConfigError
 
-            raise ConfigError(f"{where}.templates: 'dataset', but dataset '{self.dataset}' ships no zero-shot "
-                              "templates (a webdataset's zeroshot_classification_templates.txt); give a list "
-                              "of templates or leave the key out")
+            raise ConfigError(f"{where}.templates: 'dataset', but dataset '{self.dataset}' ships no "
+                              "zero-shot templates (a webdataset's zeroshot_classification_templates.txt); "
+                              "give a list of templates or leave the key out")
 
     def pick_templates(self, ds: Any) -> tuple[list[str], str]:
         """(templates, where they come from: "task" | "dataset" | "default") for the loaded dataset."""
