@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from bench.data.base import drop_unreadable
+from bench.data.hub import resolve_hub_dataset
 from bench.data.refs import (ImageRef, SourcedCaptionDataset, SourcedLabelledDataset, TableRow,
                              hash_data_file, read_arrow_table)
 from bench.errors import DataError, did_you_mean
@@ -90,29 +91,6 @@ class _Source:
 
 
 # ---- where the files are ------------------------------------------------------------------------
-
-
-def resolve_hub_dataset(repo_id: str, revision: str | None) -> Path:
-    """The cached snapshot folder of a hub dataset, offline only; DataError saying where it looked
-    and how to get it there when it is not cached."""
-    from huggingface_hub import snapshot_download
-
-    from bench.models.hub import hf_cache_dir
-
-    cache = hf_cache_dir()
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True,
-                                      cache_dir=cache))
-    except (OSError, ValueError):
-        repo = cache / ("datasets--" + repo_id.replace("/", "--"))
-        have = sorted(p.name for p in (repo / "snapshots").iterdir()) if (repo / "snapshots").is_dir() else []
-        rev = f" --revision {revision}" if revision else ""
-        cached = f"; cached snapshots: {', '.join(have)}" if have else ""
-        raise DataError(f"hub dataset '{repo_id}'{f' revision {revision}' if revision else ''} is not in the "
-                        f"local Hugging Face cache (looked in {repo}{cached}); bench never downloads: run "
-                        f"`hf download {repo_id} --repo-type dataset{rev}` (older huggingface_hub: "
-                        f"`huggingface-cli download {repo_id} --repo-type dataset{rev}`), or set "
-                        "HF_HUB_CACHE/HF_HOME to the cache that holds it") from None
 
 
 def _fmt(files: list[Path], origin: str) -> str:

@@ -31,7 +31,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from bench.data.base import drop_unreadable
-from bench.data.hf import EntryProvides, resolve_hub_dataset
+from bench.data.hf import EntryProvides
+from bench.data.hub import resolve_hub_dataset
 from bench.data.refs import SourcedCaptionDataset, SourcedLabelledDataset, TarMember, hash_data_file
 from bench.errors import DataError, did_you_mean
 from bench.params import DatasetParams, Int, OnBadImage
