@@ -395,7 +395,7 @@ def _load(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabelle
             values.append(column[i])
             if len(images) >= limit:
                 break
-    notes = [f"dataset '{name}': skipped {skipped} row(s) of {src.origin} without a caption"] if skipped else []
+    notes = [f"dataset '{name}': skipped {skipped} row(s) of {src.origin} without a caption"] * bool(skipped)
     if not images:
         why = ("no row matches where=" + json.dumps(params.where) if params.where and not total
                else f"no row has a non-empty caption in '{target}'" if total else "it has no rows")
@@ -404,8 +404,8 @@ def _load(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabelle
     source = _source_fingerprint(src, used, params)
     if params.caption_column:
         return SourcedCaptionDataset(name=name, image_paths=images, captions=values,
-                                     image_ids=[p.name for p in images], source=source, skipped_samples=skipped,
-                                     notes=notes)
+                                     image_ids=[p.name for p in images], source=source,
+                                     skipped_samples=skipped, notes=notes)
     feature = features.get(target) if isinstance(features, dict) else None
     labels, names, multilabel = _labels(values, target, feature, params, src.origin)
     return SourcedLabelledDataset(name=name, image_paths=images, labels=labels, class_names=names,

@@ -53,9 +53,9 @@ class WebDatasetParams(DatasetParams):
 
     type: Literal["webdataset"] = "webdataset"
     provides: ClassVar[Any] = EntryProvides(lambda p: "captions|labels" if p.kind == "auto" else p.kind)
-    path: str | None = Field(None, description="root folder in CLIP_benchmark layout, a glob or brace pattern "
-                                               "of .tar shards (e.g. 'wds/test/{0..4}.tar'), or a hub dataset "
-                                               "id (e.g. clip-benchmark/wds_flickr30k) in the local HF cache")
+    path: str | None = Field(None, description="root folder in CLIP_benchmark layout, a glob or brace "
+                                               "pattern of .tar shards (e.g. 'wds/test/{0..4}.tar'), or a "
+                                               "hub dataset id (clip-benchmark/wds_cifar10) in the HF cache")
     shards: str | None = Field(None, description="glob or brace pattern of .tar shards, e.g. "
                                                  "'test/{0..4}.tar' (relative to path when path is set)")
     split: str = Field("test", description="split folder under path (ignored when shards is set)")
