@@ -113,6 +113,8 @@ class Config(_Model):
                 kind = self.datasets[ref].type
                 if not provides(self.datasets[ref]) & t.needs:
                     needs = types_providing(t.needs)
+                    if kind in needs:  # a type whose entries decide: say what this one holds
+                        kind += f" with {'|'.join(sorted(provides(self.datasets[ref])))}"
                     raise _RefError(f"tasks[{i}].{field_name}",
                                     f"task '{t.type}' needs a dataset of type {'|'.join(sorted(needs))}, "
                                     f"'{ref}' is {kind}")

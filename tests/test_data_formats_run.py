@@ -371,7 +371,7 @@ def test_bad_inputs_are_one_line(data, tiny_clip_dir, tmp_path, capsys):
             "task 'retrieval' needs a dataset of type "
             "coco_captions|coco_karpathy|flickr30k_karpathy|hf|webdataset",
         ),
-        ({"type": "hf", "path": "x", "label_column": "l"}, "'d' is hf"),
+        ({"type": "hf", "path": "x", "label_column": "l"}, "'d' is hf with labels"),
     ],
 )
 def test_config_errors_of_the_new_types(entry, expected, tmp_path, capsys):
