@@ -75,7 +75,13 @@ def _union(kind: str) -> Any:
 
 def types_providing(what: set[str] | frozenset[str]) -> list[str]:
     """The dataset types whose items carry `what` ("captions", "labels")."""
-    return [n for n in registry.names("dataset") if registry.params_model("dataset", n).provides in what]
+    return [n for n in registry.names("dataset") if provides(registry.params_model("dataset", n)) & set(what)]
+
+
+def provides(entry: Any) -> set[str]:
+    """What a dataset type (or one config entry of it) provides; "captions|labels": either, the
+    entry's settings or its data decide (bench.data.hf.EntryProvides)."""
+    return set(str(entry.provides).split("|"))
 
 
 class Regression(_Model):
@@ -118,8 +124,10 @@ class Config(_Model):
                                     f"unknown dataset '{ref}'{did_you_mean(ref, self.datasets)} "
                                     f"defined: {', '.join(sorted(self.datasets)) or '(none)'}")
                 kind = self.datasets[ref].type
-                if self.datasets[ref].provides not in t.needs:
+                if not provides(self.datasets[ref]) & t.needs:
                     needs = types_providing(t.needs)
+                    if kind in needs:  # a type whose entries decide: say what this one holds
+                        kind += f" with {'|'.join(sorted(provides(self.datasets[ref])))}"
                     raise _RefError(f"tasks[{i}].{field_name}",
                                     f"task '{t.type}' needs a dataset of type {'|'.join(sorted(needs))}, "
                                     f"'{ref}' is {kind}")

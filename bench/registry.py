@@ -94,6 +94,9 @@ register("dataset", "coco_instances", "bench.data.coco:load_coco_instances",
          "bench.data.coco:CocoInstancesParams")
 register("dataset", "imagefolder", "bench.data.imagefolder:load_imagefolder",
          "bench.data.imagefolder:ImageFolderParams")
+register("dataset", "hf", "bench.data.hf:load_hf", "bench.data.hf:HFParams")
+register("dataset", "webdataset", "bench.data.webdataset:load_webdataset",
+         "bench.data.webdataset:WebDatasetParams")
 
 register("task", "retrieval", "bench.tasks.retrieval:run", "bench.tasks.retrieval:RetrievalParams")
 register("task", "linear_probe", "bench.tasks.linear_probe:run", "bench.tasks.linear_probe:LinearProbeParams")

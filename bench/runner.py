@@ -60,7 +60,7 @@ class RunContext:
             kwargs = spec.model_dump(exclude={"type"})  # the loader gets the validated parameters
             if kwargs.get("on_bad_image") == "skip":
                 _log(f"dataset {name}: decoding every image to find unreadable ones (on_bad_image: skip)")
-            self._datasets[name] = loader(name=name, **kwargs)
+            self._datasets[name] = loader(name, **kwargs)  # positional: a type may have a `name` setting (hf)
             for note in self._datasets[name].notes:
                 _log(f"warning: {note}")
         return self._datasets[name]

@@ -7,8 +7,11 @@ CLIP_benchmark webdataset shards (test/{0..k}.tar). Conversion is not timed. For
   load         the loader (reads annotations, indexes shards / tables; images stay where they are)
   fingerprint  ds.fingerprint() (content hash of the data files, or head/tail of each image file)
   embed        tiny CLIP image embeddings through bench.loader.image_batches (batch 64, 1 worker)
-Each format is checked to give exactly the reference's embeddings. Usage:
-  python -m benchmarks.bench_data_formats [--n 2000] [--workers 1] [--repeat 3] [--dir /tmp/bench_data_formats]
+Each format is checked to give exactly the reference's embeddings. Then, per format, a whole
+`bench run` (bench.runner.run_benchmark, cache off: retrieval on tiny CLIP, images and captions
+embedded) is timed, and its figures are checked to equal the JSON run's. Usage:
+  python -m benchmarks.bench_data_formats [--n 2000] [--workers 1] [--repeat 3]
+                                          [--dir /tmp/bench_data_formats]
 """
 
 from __future__ import annotations
@@ -119,6 +122,53 @@ def main() -> None:
         total = statistics.median(sum(t) for t in ts)
         print(f"{name:24s} {load_s:7.3f} {fp_s:8.3f} {emb_s:8.2f} {total:8.2f} {min(sum(t) for t in ts):6.2f} "
               f"{args.n / total:6.0f}")
+    _whole_runs(args, work, paths, formats, model)
+
+
+def _whole_runs(args, work: Path, paths: dict, formats: Path, model: Path) -> None:
+    """`bench run` (in-process, cache off) of a retrieval config per format, wall time end to end."""
+    import json
+
+    from bench.config import parse_config
+    from bench.runner import run_benchmark
+
+    entries = {
+        "karpathy json + files": {"type": "coco_karpathy", "annotations": str(paths["karpathy"]),
+                                  "images": str(paths["images"]), "split": "test"},
+        "hf save_to_disk": {"type": "hf", "path": str(formats / "std"), "caption_column": "captions"},
+        "hf parquet (bytes)": {"type": "hf", "path": str(formats / "pq"), "caption_column": "captions"},
+        "webdataset": {"type": "webdataset", "path": str(formats / "wds")},
+    }
+    walls: dict[str, list[float]] = {name: [] for name in entries}
+    figures: dict[str, dict] = {}
+    for r in range(args.repeat + 1):  # run 0 warms up (imports, page cache) and is not counted
+        for i, (name, entry) in enumerate(entries.items()):
+            if r == 0 and i:
+                continue
+            raw = {"name": "formats", "synthetic": True, "output_dir": str(work / "runs"),
+                   "cache_dir": str(work / "cache"),
+                   "runtime": {"device": "cpu", "batch_size": 64, "num_workers": args.workers, "seed": 0},
+                   "datasets": {"d": entry},
+                   "embedders": [{"type": "clip", "name": "clip", "model": str(model)}],
+                   "tasks": [{"type": "retrieval", "dataset": "d", "ks": [1, 5, 10]}]}
+            cfg = parse_config(raw)
+            t0 = time.perf_counter()
+            out = run_benchmark(cfg, "formats.yaml", use_cache=False, progress=False, render=False,
+                                out_dir=work / "runs" / f"{i}-{r}")
+            if r:
+                walls[name].append(time.perf_counter() - t0)
+            res = json.loads((out / "results.json").read_text())
+            got = {m["key"]: m["value"] for m in res["metrics"] if m["task"] == "retrieval"}
+            figures.setdefault(name, got)
+            if got != figures["karpathy json + files"]:
+                raise SystemExit(f"{name}: bench run figures differ from the Karpathy JSON's")
+    ref = statistics.median(walls["karpathy json + files"])
+    print(f"\nbench run, retrieval (images + captions embedded, cache off), {args.n} images; median of "
+          f"{args.repeat}; recall@1/5/10 identical to the JSON run's in every run")
+    print(f"{'format':24s} {'wall s':>7s} {'vs json':>8s}  i2t R@1")
+    for name, ws in walls.items():
+        med = statistics.median(ws)
+        print(f"{name:24s} {med:7.2f} {med / ref:7.2f}x  {figures[name]['retrieval/i2t_recall@1']:.2f}")
 
 if __name__ == "__main__":
     main()

@@ -64,28 +64,28 @@ def test_config_validates_the_toys(toys):
     raw = copy.deepcopy(RAW)
     del raw["datasets"]["train"]["type"]
     assert "allowed dataset types: coco_captions, coco_instances, coco_karpathy, flickr30k_karpathy, " \
-           "imagefolder, toy_folder" in _err(raw)
+           "hf, imagefolder, toy_folder, webdataset" in _err(raw)
     # What a dataset provides (labels) decides which tasks may use it; the type lists come from the registry.
     raw = copy.deepcopy(RAW)
     raw["tasks"] = [{"type": "retrieval", "dataset": "test"}]
-    assert "task 'retrieval' needs a dataset of type coco_captions|coco_karpathy|flickr30k_karpathy, " \
-           "'test' is toy_folder" in _err(raw)
+    assert "task 'retrieval' needs a dataset of type coco_captions|coco_karpathy|flickr30k_karpathy|hf|" \
+           "webdataset, 'test' is toy_folder" in _err(raw)
     raw["datasets"]["caps"] = {"type": "coco_captions", "annotations": "a.json", "images": "i"}
     raw["tasks"] = [{"type": "zeroshot", "dataset": "caps"}]
-    assert "needs a dataset of type coco_instances|imagefolder|toy_folder" in _err(raw)
+    assert "needs a dataset of type coco_instances|hf|imagefolder|toy_folder|webdataset" in _err(raw)
 
 
 def test_unregistered_toys_are_refused():
     assert "unknown dataset 'toy_folder' known: coco_captions, coco_instances, coco_karpathy, " \
-           "flickr30k_karpathy, imagefolder (and 2 more problems)" in _err(copy.deepcopy(RAW))
+           "flickr30k_karpathy, hf, imagefolder, webdataset (and 2 more problems)" in _err(copy.deepcopy(RAW))
 
 
 def test_list_shows_the_toys(toys, capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "embedders: clip, phi3v, phi3v-lm, toy\n" in out
-    assert "datasets: coco_captions, coco_instances, coco_karpathy, flickr30k_karpathy, imagefolder, " \
-           "toy_folder\n" in out
+    assert "datasets: coco_captions, coco_instances, coco_karpathy, flickr30k_karpathy, hf, imagefolder, " \
+           "toy_folder, webdataset\n" in out
 
 
 def test_embed_offers_the_toy_and_its_option(toys, tmp_path, capsys):

@@ -350,7 +350,7 @@ def test_tar_missing_caption_is_an_error_or_a_counted_skip(tmp_path, kar):
                                         "on_missing: skip"):
         load_webdataset("d", WebDatasetParams(path=str(tmp_path / "w")))
     ds = load_webdataset("d", WebDatasetParams(path=str(tmp_path / "w"), on_missing="skip"))
-    assert ds.skipped == 2 and len(ds) == 6
+    assert ds.skipped_samples == 2 and len(ds) == 6
     assert ds.captions == [kar.captions[i] for i in (0, 1, 2, 3, 4, 7)]  # still aligned with the images
     assert ds.image_ids == ["s0000000", "s0000001", "s0000002", "s0000003", "s0000004", "s0000007"]
     assert load_image(ds.image_paths[5]).size == load_image(kar.image_paths[7]).size
@@ -414,7 +414,7 @@ def test_rows_without_caption_are_dropped_with_their_image(tmp_path, kar):
     pq.write_table(pa.table({"jpg": [p.read_bytes() for p in kar.image_paths[:6]], "text": caps}),
                    tmp_path / "t.parquet", row_group_size=2)
     ds = load_hf("d", HFParams(path=str(tmp_path / "t.parquet"), image_column="jpg", caption_column="text"))
-    assert ds.skipped == 2 and ds.captions == [[caps[i]] for i in (0, 2, 3, 5)]
+    assert ds.skipped_samples == 2 and ds.captions == [[caps[i]] for i in (0, 2, 3, 5)]
     assert [r.row for r in ds.image_paths] == [0, 2, 3, 5]
     assert np.array_equal(np.asarray(load_image(ds.image_paths[3])), np.asarray(load_image(kar.image_paths[5])))
     three = load_hf("d", HFParams(path=str(tmp_path / "t.parquet"), image_column="jpg", caption_column="text",

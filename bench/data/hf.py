@@ -16,14 +16,17 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from bench.data.base import drop_unreadable
+from bench.data.hub import resolve_hub_dataset
 from bench.data.refs import (ImageRef, SourcedCaptionDataset, SourcedLabelledDataset, TableRow,
                              hash_data_file, read_arrow_table)
 from bench.errors import DataError, did_you_mean
+from bench.params import DatasetParams, Int, OnBadImage
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +35,24 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _GLOB = re.compile(r"[*?\[]")
 
 
-class HFParams(BaseModel):
+class EntryProvides:
+    """`provides` of a dataset type whose entries decide it (bench.params.DatasetParams.provides): read
+    on the class, "captions|labels" (tasks of either kind may name such a type); read on an entry, what
+    that entry gives ("captions", "labels", or "captions|labels" when only the data can tell: the
+    runner then checks the loaded dataset, bench.tasks.check_tasks_against_data)."""
+
+    def __init__(self, decide) -> None:
+        self.decide = decide
+
+    def __get__(self, entry, owner=None) -> str:
+        return "captions|labels" if entry is None else self.decide(entry)
+
+
+class HFParams(DatasetParams):
     """Parameters of `type: hf` (exactly one of caption_column / label_column)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+    type: Literal["hf"] = "hf"
+    provides: ClassVar[Any] = EntryProvides(lambda p: "captions" if p.caption_column else "labels")
     path: str = Field(description="save_to_disk folder, folder/glob of .parquet/.arrow files, or a hub "
                                   "dataset id in the local HF cache")
     name: str | None = Field(None, description="config (subset) name, for folders with several configs")
@@ -52,7 +68,9 @@ class HFParams(BaseModel):
                                                      "(default: the data file's folder)")
     where: dict[str, Union[Scalar, list[Scalar]]] | None = Field(
         None, description="keep rows whose column equals the value (or one of the values)")
-    max_images: int | None = Field(None, ge=1, description="keep the first N images")
+    max_images: Int(ge=1) | None = Field(None, description="keep the first N images")
+    on_bad_image: OnBadImage = Field("error", description="skip: decode every image at load time and drop "
+                                                          "the unreadable ones with their captions/labels")
 
     @model_validator(mode="after")
     def _one_target(self) -> HFParams:
@@ -73,29 +91,6 @@ class _Source:
 
 
 # ---- where the files are ------------------------------------------------------------------------
-
-
-def resolve_hub_dataset(repo_id: str, revision: str | None) -> Path:
-    """The cached snapshot folder of a hub dataset, offline only; DataError saying where it looked
-    and how to get it there when it is not cached."""
-    from huggingface_hub import snapshot_download
-
-    from bench.models.hub import hf_cache_dir
-
-    cache = hf_cache_dir()
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision, local_files_only=True,
-                                      cache_dir=cache))
-    except (OSError, ValueError):
-        repo = cache / ("datasets--" + repo_id.replace("/", "--"))
-        have = sorted(p.name for p in (repo / "snapshots").iterdir()) if (repo / "snapshots").is_dir() else []
-        rev = f" --revision {revision}" if revision else ""
-        cached = f"; cached snapshots: {', '.join(have)}" if have else ""
-        raise DataError(f"hub dataset '{repo_id}'{f' revision {revision}' if revision else ''} is not in the "
-                        f"local Hugging Face cache (looked in {repo}{cached}); bench never downloads: run "
-                        f"`hf download {repo_id} --repo-type dataset{rev}` (older huggingface_hub: "
-                        f"`huggingface-cli download {repo_id} --repo-type dataset{rev}`), or set "
-                        "HF_HUB_CACHE/HF_HOME to the cache that holds it") from None
 
 
 def _fmt(files: list[Path], origin: str) -> str:
@@ -136,9 +131,13 @@ def _data_folder(folder: Path, params: HFParams, revision: str | None, origin: s
     if (folder / params.split / "state.json").is_file():  # a save_to_disk DatasetDict inside a hub repo
         return _save_to_disk(folder / params.split, origin)
     scripts = sorted(p.name for p in folder.glob("*.py"))
+    name = params.name
+    if name and (folder / name).is_dir() and not (folder / "README.md").is_file():
+        # the hub's parquet conversion (revision refs/convert/parquet): <config>/<split>/NNNN.parquet
+        folder, name = folder / name, None
     with tempfile.TemporaryDirectory() as tmp:  # the builder wants a cache folder: keep it out of ~/.cache
         try:
-            builder = datasets.load_dataset_builder(str(folder), name=params.name, cache_dir=tmp)
+            builder = datasets.load_dataset_builder(str(folder), name=name, cache_dir=tmp)
         except Exception as e:  # datasets raises many types here; all mean "cannot use this folder"
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             if scripts:
@@ -341,12 +340,22 @@ def _keep(table, where: dict, schema, origin: str) -> list[bool]:
     return keep
 
 
-def load_hf(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabelledDataset:
+def load_hf(name: str, params: HFParams | None = None, /, **settings: Any
+            ) -> SourcedCaptionDataset | SourcedLabelledDataset:
     """Read a `type: hf` dataset: annotations in memory, images as references (see module docstring).
 
-    Rows keep the files' order (files sorted by name); rows failing `where`, and for captions rows
-    without any non-empty caption (counted in `skipped`), are dropped with their image, never shifted.
+    `params`, or the settings of a config entry (validated by HFParams). Rows keep the files' order
+    (files sorted by name); rows failing `where`, and for captions rows without any non-empty caption
+    (counted in `skipped_samples`), are dropped with their image, never shifted. With on_bad_image
+    'skip' every image is decoded once now and the unreadable ones are dropped with their captions or
+    labels (bench.data.base.drop_unreadable).
     """
+    params = params if params is not None else HFParams(**settings)
+    ds = _load(name, params)
+    return drop_unreadable(ds, params.on_bad_image, params.path)
+
+
+def _load(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabelledDataset:
     src = resolve_source(params)
     target = params.caption_column or params.label_column
     role = "caption column" if params.caption_column else "label column"
@@ -386,8 +395,7 @@ def load_hf(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabel
             values.append(column[i])
             if len(images) >= limit:
                 break
-    if skipped:
-        log.warning("%s: %d rows without a caption skipped", src.origin, skipped)
+    notes = [f"dataset '{name}': skipped {skipped} row(s) of {src.origin} without a caption"] * bool(skipped)
     if not images:
         why = ("no row matches where=" + json.dumps(params.where) if params.where and not total
                else f"no row has a non-empty caption in '{target}'" if total else "it has no rows")
@@ -396,7 +404,8 @@ def load_hf(name: str, params: HFParams) -> SourcedCaptionDataset | SourcedLabel
     source = _source_fingerprint(src, used, params)
     if params.caption_column:
         return SourcedCaptionDataset(name=name, image_paths=images, captions=values,
-                                     image_ids=[p.name for p in images], source=source, skipped=skipped)
+                                     image_ids=[p.name for p in images], source=source,
+                                     skipped_samples=skipped, notes=notes)
     feature = features.get(target) if isinstance(features, dict) else None
     labels, names, multilabel = _labels(values, target, feature, params, src.origin)
     return SourcedLabelledDataset(name=name, image_paths=images, labels=labels, class_names=names,

@@ -55,20 +55,12 @@ class ImageRef:
         return str(self)
 
     def decode(self):
-        """PIL RGB image, with one DataError naming the container and member for corrupt data."""
-        from PIL import Image
+        """PIL RGB image, with one DataError naming the container and member for corrupt data, and the
+        decompression-bomb rule of image files (bench.data.images.decode_image)."""
+        from bench.data.images import decode_image
 
-        from bench.data.images import to_rgb
-
-        data = self.read_bytes()
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im.load()
-                return to_rgb(im)
-        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
-            # UnidentifiedImageError is an OSError.
-            raise DataError(f"cannot decode image {self.describe()}: {e} (the stored image is corrupt or not "
-                            "an image; re-create or re-download that file)") from None
+        return decode_image(io.BytesIO(self.read_bytes()), self.describe(),
+                            "the stored image is corrupt or not an image; re-create or re-download that file")
 
 
 @dataclass(frozen=True)
@@ -276,7 +268,9 @@ class SourcedCaptionDataset(CaptionDataset):
     (content hashes and revision)."""
 
     source: str = ""
-    skipped: int = 0  # samples dropped (counted) by the loader, e.g. a shard sample without caption
+    # samples the loader dropped (counted, said in `notes`): a shard sample without caption, a row
+    # without any caption; `skipped` (base class) lists the unreadable images of on_bad_image: skip.
+    skipped_samples: int = 0
 
     def fingerprint(self) -> str:
         return _fingerprint(self.image_paths, self.source, [" | ".join(c) for c in self.captions])
@@ -289,7 +283,7 @@ class SourcedLabelledDataset(LabelledDataset):
 
     source: str = ""
     templates: list[str] | None = None
-    skipped: int = 0
+    skipped_samples: int = 0
 
     def fingerprint(self) -> str:
         labels = [str(row.tolist()) if self.multilabel else str(int(row)) for row in self.labels]

@@ -25,14 +25,17 @@ import logging
 import re
 import tarfile
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from bench.data.hf import resolve_hub_dataset
+from bench.data.base import drop_unreadable
+from bench.data.hf import EntryProvides
+from bench.data.hub import resolve_hub_dataset
 from bench.data.refs import SourcedCaptionDataset, SourcedLabelledDataset, TarMember, hash_data_file
 from bench.errors import DataError, did_you_mean
+from bench.params import DatasetParams, Int, OnBadImage
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +48,14 @@ _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 
 
-class WebDatasetParams(BaseModel):
+class WebDatasetParams(DatasetParams):
     """Parameters of `type: webdataset` (path and/or shards)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    path: str | None = Field(None, description="root folder in CLIP_benchmark layout, or a hub dataset id "
-                                               "(e.g. clip-benchmark/wds_flickr30k) in the local HF cache")
+    type: Literal["webdataset"] = "webdataset"
+    provides: ClassVar[Any] = EntryProvides(lambda p: "captions|labels" if p.kind == "auto" else p.kind)
+    path: str | None = Field(None, description="root folder in CLIP_benchmark layout, a glob or brace "
+                                               "pattern of .tar shards (e.g. 'wds/test/{0..4}.tar'), or a "
+                                               "hub dataset id (clip-benchmark/wds_cifar10) in the HF cache")
     shards: str | None = Field(None, description="glob or brace pattern of .tar shards, e.g. "
                                                  "'test/{0..4}.tar' (relative to path when path is set)")
     split: str = Field("test", description="split folder under path (ignored when shards is set)")
@@ -67,7 +71,9 @@ class WebDatasetParams(BaseModel):
                                                     "the root)")
     on_missing: Literal["error", "skip"] = Field(
         "error", description="a sample without image or caption/label: stop with an error, or skip and count it")
-    max_images: int | None = Field(None, ge=1, description="keep the first N samples")
+    max_images: Int(ge=1) | None = Field(None, description="keep the first N samples")
+    on_bad_image: OnBadImage = Field("error", description="skip: decode every image at load time and drop "
+                                                          "the unreadable ones with their captions/labels")
 
     @model_validator(mode="after")
     def _some_source(self) -> WebDatasetParams:
@@ -218,8 +224,27 @@ def _meta_file(explicit: str | None, default: str, dirs: list[Path]) -> Path | N
     return next((d / default for d in dirs if (d / default).is_file()), None)
 
 
-def load_webdataset(name: str, params: WebDatasetParams) -> SourcedCaptionDataset | SourcedLabelledDataset:
-    """Index the shards and return captions or labels with TarMember image references."""
+def is_pattern(path: str) -> bool:
+    """Whether a webdataset `path` names shards (a glob or brace pattern, or a .tar file)."""
+    return glob.has_magic(path) or bool(_BRACE.search(path)) or path.endswith(".tar")
+
+
+def load_webdataset(name: str, params: WebDatasetParams | None = None, /, **settings: Any
+                    ) -> SourcedCaptionDataset | SourcedLabelledDataset:
+    """Index the shards and return captions or labels with TarMember image references (`params`, or
+    the settings of a config entry). With on_bad_image 'skip' every image is decoded once now and the
+    unreadable ones are dropped with their captions or labels (bench.data.base.drop_unreadable)."""
+    params = params if params is not None else WebDatasetParams(**settings)
+    if params.path and not params.shards and is_pattern(params.path):
+        params = params.model_copy(update={"path": None, "shards": params.path})
+        origin = params.shards
+    else:
+        origin = params.path or params.shards
+    ds = _load(name, params)
+    return drop_unreadable(ds, params.on_bad_image, origin)
+
+
+def _load(name: str, params: WebDatasetParams) -> SourcedCaptionDataset | SourcedLabelledDataset:
     root, revision = None, None
     if params.path:
         local = Path(params.path).expanduser().absolute()
@@ -283,9 +308,8 @@ def load_webdataset(name: str, params: WebDatasetParams) -> SourcedCaptionDatase
             if len(refs) >= limit:
                 break
     n_skipped = sum(skipped.values())
-    if n_skipped:
-        log.warning("%s: skipped %d samples (%s)", origin, n_skipped,
-                    ", ".join(f"{v} without {k}" for k, v in skipped.items()))
+    notes = [f"dataset '{name}': skipped {n_skipped} sample(s) of {origin} (on_missing: skip): "
+             + ", ".join(f"{v} without {k}" for k, v in skipped.items())] if n_skipped else []
     if not refs:
         raise DataError(f"{origin}: no usable samples in {len(used)} shard(s)"
                         + (f" ({n_skipped} skipped)" if n_skipped else ""))
@@ -294,8 +318,10 @@ def load_webdataset(name: str, params: WebDatasetParams) -> SourcedCaptionDatase
                         separators=(",", ":"))
     if kind == "captions":
         return SourcedCaptionDataset(name=name, image_paths=refs, captions=targets, image_ids=keys,
-                                     source=source, skipped=n_skipped)
-    return _labelled(name, params, refs, targets, meta_dirs, source, n_skipped, origin)
+                                     source=source, skipped_samples=n_skipped, notes=notes)
+    out = _labelled(name, params, refs, targets, meta_dirs, source, n_skipped, origin)
+    out.notes = notes
+    return out
 
 
 def _rel(shard: Path, root: Path | None) -> str:
@@ -339,4 +365,5 @@ def _labelled(name, params, refs, targets, meta_dirs, source, n_skipped, origin)
             raise DataError(f"{templates_file}: every template needs the class-name placeholder {{c}}, "
                             f"e.g. 'a photo of a {{c}}.'; found {bad[0]!r}" if bad else f"{templates_file} is empty")
     return SourcedLabelledDataset(name=name, image_paths=refs, labels=labels, class_names=class_names,
-                                  multilabel=multilabel, source=source, templates=templates, skipped=n_skipped)
+                                  multilabel=multilabel, source=source, templates=templates,
+                                  skipped_samples=n_skipped)

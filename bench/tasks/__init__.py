@@ -33,6 +33,13 @@ def check_tasks_against_data(tasks: Sequence[Any], dataset: Callable[[str], Any]
     """Load every dataset the tasks use, and let each task check what only the data can tell
     (its params' `check_data`), before any output is written."""
     for i, task in enumerate(tasks):
-        for ref in task.datasets().values():
-            dataset(ref)
+        for field, ref in task.datasets().items():
+            # A type whose entries may hold either (webdataset, kind: auto) is checked on its data.
+            got = "captions" if hasattr(dataset(ref), "captions") else "labels"
+            if got not in task.needs:
+                from bench.errors import ConfigError
+
+                needs = " or ".join(sorted(task.needs))
+                raise ConfigError(f"tasks[{i}].{field}: task '{task.type}' needs {needs}, dataset '{ref}' "
+                                  f"holds {got}")
         task.check_data(dataset, f"tasks[{i}]")
