@@ -180,6 +180,11 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
                 dynamic_ncols=True, mininterval=0.5)
 
 
+def dataset_loader(cfg: Config) -> Any:
+    """name -> loaded dataset of `cfg` (each loaded once), without a run: for `bench finetune`."""
+    return RunContext(cfg, "cpu", EmbeddingCache(cfg.cache_dir, enabled=False), progress=False).dataset
+
+
 def build_embedder(spec, ctx: RunContext) -> Embedder:
     """The embedder of a config entry (its validated parameters), on the run's device and dtype."""
     cls = registry.resolve("embedder", spec.type)
@@ -212,6 +217,11 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     from bench.tasks import check_tasks_against_data
 
     check_tasks_against_data(cfg.tasks, ctx.dataset)
+    # Fine-tuned models (config `finetune:`): trained when missing, reused when their fingerprint matches;
+    # leakage and every entry's data are checked before any training, all before any run output.
+    from bench.finetune.stage import train_entries
+
+    finetuned = train_entries(cfg, ctx.dataset, progress=progress, log=_log) if cfg.finetune else []
 
     now = datetime.now(timezone.utc)
     run_id = f"{cfg.name}-{now.strftime('%Y%m%d-%H%M%S')}"
@@ -223,7 +233,7 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
         made = True
     state = {"finished": 0, "complete": False}  # embedders whose results.json is written; the whole run
     try:
-        return _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state)
+        return _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state, finetuned)
     except BaseException as e:
         if not state["complete"]:  # a failure while rendering leaves complete results as they are
             _record_failure(out_dir, made, state["finished"], e)
@@ -264,8 +274,12 @@ def _record_failure(out_dir: Path, made: bool, finished: int, exc: BaseException
 
 
 def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, device: str,
-         now: datetime, run_id: str, out_dir: Path, state: dict[str, Any]) -> Path:
+         now: datetime, run_id: str, out_dir: Path, state: dict[str, Any], finetuned: list[Any]) -> Path:
     from bench.environment import capture
+    from bench.finetune.stage import training_record, with_finetuned
+
+    specs = with_finetuned(cfg.embedders, finetuned)
+    trained = {o.entry.name: training_record(o) for o in finetuned}
 
     result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
                        config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
@@ -275,13 +289,13 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
                             "The numbers measure the harness, not model quality.")
     result.notes += ctx.dataset_notes()
     result.datasets = ctx.dataset_summary()
-    _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
+    _log(f"run {run_id} on {device}: {len(specs)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
     # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).
-    for kind in dict.fromkeys(spec.type for spec in cfg.embedders):
+    for kind in dict.fromkeys(spec.type for spec in specs):
         registry.resolve("embedder", kind).preload()
 
-    for spec in cfg.embedders:
+    for spec in specs:
         label = spec.label
         _log(f"{label}: loading {spec.type} from {spec.model}")
         t0 = time.perf_counter()
@@ -294,6 +308,7 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
             type=spec.type, fingerprint=short_hash(erun.fingerprint), fingerprint_detail=erun.fingerprint,
             describe=describe, modalities=sorted(embedder.modalities),
             random_weights=bool(cfg.synthetic or describe.get("random_weights")),
+            **({"finetune": trained[label]} if label in trained else {}),
         )
         for task in cfg.tasks:
             _log(f"{label}: {task.type}")
