@@ -9,7 +9,6 @@ means the checkpoint is complete (see launch.needs_training). Resume state lives
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,10 @@ MODEL_FILES = (WEIGHTS, "config.json", "generation_config.json") + COPIED_FILES
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (tmp + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e}") from None
+    """Atomic JSON write (bench.io: temp file + fsync + rename; one-line OutputError)."""
+    from bench.io import write_text_atomic
+
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
 
 def clear_outputs(out_dir: Path) -> None:

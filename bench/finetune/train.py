@@ -267,7 +267,7 @@ def _save_state(acc, state: Path, progress: dict[str, Any]) -> None:
     if acc.is_main_process:
         write_json(tmp / "progress.json", progress)
         shutil.rmtree(state, ignore_errors=True)
-        os.replace(tmp, state)
+        os.rename(tmp, state)  # a folder: the old state is gone, so a plain rename
     acc.wait_for_everyone()
 
 
