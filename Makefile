@@ -8,6 +8,8 @@ TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 DEMO_DATA   := data/demo
 DEMO_MODELS := models/demo
+# The demo's fine-tuning data: 2,000 other generated images (seed 1), none of them evaluated.
+DEMO_FT_DATA := data/demo-ft
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -33,6 +35,7 @@ setup: $(STAMP)
 
 data: setup
 	@$(BIN)/bench make-data $(DEMO_DATA) >/dev/null
+	@$(BIN)/bench make-data $(DEMO_FT_DATA) --train 2000 --val 50 --test 0 --seed 1 >/dev/null
 
 models: setup
 	@$(BIN)/bench make-models $(DEMO_MODELS) >/dev/null

@@ -43,6 +43,29 @@ def _launch(args: argparse.Namespace) -> int:
     return subprocess.run(cmd).returncode
 
 
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from bench.config import check_paths, find_config, load_config
+
+    path = find_config(args.config)
+    cfg = load_config(path)
+    if not cfg.finetune:
+        from bench.errors import ConfigError
+
+        raise ConfigError(f"{path}: no `finetune:` entries to train (see README, Fine-tuning)")
+    check_paths(cfg)
+    from bench.finetune.stage import select, train_entries
+    from bench.runner import dataset_loader
+
+    select(cfg, args.only)  # an unknown --only fails before any data is read
+    for o in train_entries(cfg, dataset_loader(cfg), only=args.only, progress=not args.no_progress):
+        rec = o.record
+        how = ("reused (training fingerprint matches)" if o.reused else
+               f"trained: {rec.get('wall_s', 0):.1f} s, {rec.get('samples_per_s') or 0:.0f} samples/s, "
+               f"final loss {rec.get('final_loss')}")
+        print(f"{o.entry.name}: {how} -> {o.out_dir}")
+    return 0
+
+
 def _cmd_validate(args: argparse.Namespace) -> int:
     from bench.config import check_paths, find_config, load_config
 
@@ -52,7 +75,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         cfg = load_config(path)
         if not args.no_files:
             check_paths(cfg)
-        print(f"ok: {path} ({len(cfg.embedders)} embedder(s), {len(cfg.datasets)} dataset(s), "
+        tuned = f" + {len(cfg.finetune)} fine-tuned" if cfg.finetune else ""
+        print(f"ok: {path} ({len(cfg.embedders)} embedder(s){tuned}, {len(cfg.datasets)} dataset(s), "
               f"{len(cfg.tasks)} task(s))")
     return status
 
@@ -122,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--processes", type=int, default=1, metavar="N",
                    help="embed with N processes (torchrun on this machine; one per GPU on CUDA)")
     r.set_defaults(func=_cmd_run)
+
+    f = sub.add_parser("finetune", help="fine-tune the config's `finetune:` models (a checkpoint whose "
+                       "training fingerprint matches is reused)")
+    f.add_argument("config", help="a file in configs/ (bare name or path)")
+    f.add_argument("--only", metavar="NAME", help="train only the finetune entry NAME")
+    f.add_argument("--no-progress", action="store_true", help="no per-step log lines")
+    f.set_defaults(func=_cmd_finetune)
 
     v = sub.add_parser("validate", help="check config files without running them")
     v.add_argument("configs", nargs="+")

@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field, PrivateAttr, StrictBool, StrictInt, Valid
 
 from bench import registry
 from bench.errors import ConfigError, did_you_mean
+from bench.finetune.params import FinetuneEntry
 from bench.params import (STRICT, DatasetParams, DType, EmbedderParams, Float, Int, TaskParams,  # noqa: F401
                           check_device_name)
 
@@ -104,6 +105,8 @@ class Config(_Model):
     datasets: dict[str, DatasetParams]
     embedders: Annotated[list[EmbedderParams], Field(min_length=1)]
     tasks: Annotated[list[TaskParams], Field(min_length=1)]
+    # Fine-tuned models (bench.finetune): each becomes one more embedder, labelled by its `name`.
+    finetune: list[FinetuneEntry] = []
     regression: Regression = Regression()
     synthetic: StrictBool = False  # the demo says its weights are random and tiny
     # Set by load_config: the file it came from, and for each key path the ${VAR} variables in it,
@@ -131,7 +134,37 @@ class Config(_Model):
                     raise _RefError(f"tasks[{i}].{field_name}",
                                     f"task '{t.type}' needs a dataset of type {'|'.join(sorted(needs))}, "
                                     f"'{ref}' is {kind}")
+        self._check_finetune(labels)
         return self
+
+    def _check_finetune(self, labels: list[str]) -> None:
+        """Each entry: a new label, a base embedder of this config that can be fine-tuned, caption data."""
+        seen = set(labels)
+        for i, ft in enumerate(self.finetune):
+            if ft.name in seen:
+                raise _RefError(f"finetune[{i}].name", f"'{ft.name}' is already the name of an embedder or "
+                                f"another finetune entry: give the fine-tuned model its own")
+            seen.add(ft.name)
+            base = next((e for e in self.embedders if e.label == ft.base), None)
+            if base is None:
+                raise _RefError(f"finetune[{i}].base", f"unknown embedder '{ft.base}'"
+                                f"{did_you_mean(ft.base, labels)} defined: {', '.join(labels)}")
+            if not getattr(base, "finetunable", False):
+                kinds = [n for n in registry.names("embedder")
+                         if getattr(registry.params_model("embedder", n), "finetunable", False)]
+                raise _RefError(f"finetune[{i}].base", f"embedder '{ft.base}' is of type {base.type}, which "
+                                f"cannot be fine-tuned; types that can: {', '.join(kinds)}")
+            for key, names in (("train", ft.train_names), ("val", ft.val_names)):
+                for ref in names:
+                    if ref not in self.datasets:
+                        raise _RefError(f"finetune[{i}].{key}",
+                                        f"unknown dataset '{ref}'{did_you_mean(ref, self.datasets)} "
+                                        f"defined: {', '.join(sorted(self.datasets)) or '(none)'}")
+                    if self.datasets[ref].provides != "captions":
+                        raise _RefError(f"finetune[{i}].{key}",
+                                        f"fine-tuning needs image-caption pairs: a dataset of type "
+                                        f"{'|'.join(types_providing({'captions'}))}, '{ref}' is "
+                                        f"{self.datasets[ref].type}")
 
 
 class _RefError(ValueError):

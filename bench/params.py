@@ -62,6 +62,7 @@ class EmbedderParams(Params):
     name: str | None = None  # label in reports; defaults to the type
     model: str  # local folder or hub id (resolved offline in the HF cache)
     revision: str | None = None
+    finetunable: ClassVar[bool] = False  # a `finetune:` entry may name it as its base (bench.finetune)
 
     @property
     def label(self) -> str:

@@ -27,7 +27,12 @@ results.json (schema_version 1):
   "datasets": {name: {"type", "fingerprint", "num_images", "num_captions"?, "num_classes"?, "multilabel"?,
                       "skipped_images"?, "skipped_captions"? (on_bad_image: skip), "duplicates_dropped"?}},
   "embedders": {label: {"type", "fingerprint" (16 hex), "fingerprint_detail": {...}, "describe": {...},
-                        "modalities": ["image", "text"], "random_weights": bool}},
+                        "modalities": ["image", "text"], "random_weights": bool,
+                        "finetune"?: {"base": label, "checkpoint", "fingerprint", "reused": bool, "stage_s",
+                                      "history": [{"step", "loss", "lr", "val_loss"?, "logit_scale"?}],
+                                      "wall_s", "samples_per_s", "peak_rss_mb", "trainable_params",
+                                      "total_params", "num_processes", "num_train_images", "final_loss",
+                                      "train", "val", "params", ...}}},   # fine-tuned embedders only
   "metrics": [                              # flat: one row per (embedder, task, dataset, key)
      {"embedder": label, "task": "retrieval", "dataset": name, "key": "retrieval/i2t_recall@5",
       "value": 41.2 | null, "unit": "%", "higher_is_better": true,
@@ -60,7 +65,8 @@ from bench.io import write_json_atomic, write_text_atomic  # noqa: F401  (re-exp
 from bench.results_checks import METRIC_KINDS, SCHEMA_VERSION, check_results
 
 __all__ = ["METRIC_KINDS", "SCHEMA_VERSION", "Metric", "RunResult", "Environment", "DatasetSummary",
-           "EmbedderRecord", "RetrievalCurves", "PerClass", "check_results", "load_results", "as_result"]
+           "EmbedderRecord", "TrainingRecord", "TrainingStep", "RetrievalCurves", "PerClass", "check_results",
+           "load_results", "as_result"]
 
 
 @dataclass
@@ -150,6 +156,35 @@ class DatasetSummary(Record):
     duplicates_dropped: int | None = None
 
 
+class TrainingStep(Record):
+    """One logged optimizer step of a fine-tuning (mean training loss over the step's pairs)."""
+
+    step: int
+    loss: float | None = None
+    lr: float | None = None
+    val_loss: float | None = None
+    logit_scale: float | None = None
+
+
+class TrainingRecord(Record):
+    """embedders[label].finetune: how a fine-tuned embedder was made (bench.finetune.stage)."""
+
+    base: str  # label of the embedder it was fine-tuned from
+    checkpoint: str | None = None
+    fingerprint: str | None = None
+    reused: bool = False  # true: a checkpoint with the same training fingerprint was reused, not retrained
+    stage_s: float | None = None  # this run's time on it: the training, or the reuse check
+    history: list[TrainingStep] = Field(default_factory=list)
+    wall_s: float | None = None  # training wall time (of the run that trained it)
+    samples_per_s: float | None = None
+    peak_rss_mb: float | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    num_processes: int | None = None
+    num_train_images: int | None = None
+    final_loss: float | None = None
+
+
 class EmbedderRecord(Record):
     type: str = ""
     fingerprint: str | None = None
@@ -157,6 +192,7 @@ class EmbedderRecord(Record):
     describe: dict[str, Any] = Field(default_factory=dict)
     modalities: list[str] = Field(default_factory=list)
     random_weights: bool = False
+    finetune: TrainingRecord | None = None  # fine-tuned embedders only
 
 
 class RetrievalCurves(Record):

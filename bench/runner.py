@@ -236,6 +236,11 @@ def _progress(total: int, desc: str, unit: str, enabled: bool):
                 dynamic_ncols=True, mininterval=0.5)
 
 
+def dataset_loader(cfg: Config) -> Any:
+    """name -> loaded dataset of `cfg` (each loaded once), without a run: for `bench finetune`."""
+    return RunContext(cfg, "cpu", EmbeddingCache(cfg.cache_dir, enabled=False), progress=False).dataset
+
+
 def build_embedder(spec, ctx: RunContext) -> Embedder:
     """The embedder of a config entry (its validated parameters), on the run's device and dtype."""
     cls = registry.resolve("embedder", spec.type)
@@ -280,8 +285,15 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
     from bench.tasks import check_tasks_against_data
 
     check_tasks_against_data(cfg.tasks, ctx.dataset)
+    # Fine-tuned models (config `finetune:`): trained when missing, reused when their fingerprint matches;
+    # leakage and every entry's data are checked before any training, all before any run output. A
+    # multi-process run only reuses (its processes already form a group; `bench finetune` trains).
+    from bench.finetune.stage import train_entries, with_finetuned
+
+    finetuned = train_entries(cfg, ctx.dataset, progress=progress and dist.is_main, log=_log,
+                              reuse_only=dist.enabled) if cfg.finetune else []
     if not dist.is_main:
-        for spec in cfg.embedders:  # embed this process's shares, embedder by embedder, then leave
+        for spec in with_finetuned(cfg.embedders, finetuned):  # embed this process's shares, then leave
             embedder = build_embedder(spec, ctx)
             distributed.embed_together(EmbedderRun(ctx, spec.label, embedder), cfg.tasks)
             del embedder
@@ -299,7 +311,7 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
         made = True
     state = {"finished": 0, "complete": False}  # embedders whose results.json is written; the whole run
     try:
-        done = _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state)
+        done = _run(cfg, ctx, config_path, render, device, now, run_id, out_dir, state, finetuned)
         distributed.teardown()
         return done
     except BaseException as e:
@@ -342,8 +354,12 @@ def _record_failure(out_dir: Path, made: bool, finished: int, exc: BaseException
 
 
 def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, device: str,
-         now: datetime, run_id: str, out_dir: Path, state: dict[str, Any]) -> Path:
+         now: datetime, run_id: str, out_dir: Path, state: dict[str, Any], finetuned: list[Any]) -> Path:
     from bench.environment import capture
+    from bench.finetune.stage import training_record, with_finetuned
+
+    specs = with_finetuned(cfg.embedders, finetuned)
+    trained = {o.entry.name: training_record(o) for o in finetuned}
 
     result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
                        config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
@@ -355,13 +371,13 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         result.environment.distributed = ctx.dist.describe()
     result.notes += ctx.dataset_notes()
     result.datasets = ctx.dataset_summary()
-    _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
+    _log(f"run {run_id} on {device}: {len(specs)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
     # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).
-    for kind in dict.fromkeys(spec.type for spec in cfg.embedders):
+    for kind in dict.fromkeys(spec.type for spec in specs):
         registry.resolve("embedder", kind).preload()
 
-    for spec in cfg.embedders:
+    for spec in specs:
         label = spec.label
         _log(f"{label}: loading {spec.type} from {spec.model}")
         t0 = time.perf_counter()
@@ -380,6 +396,7 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
             type=spec.type, fingerprint=short_hash(erun.fingerprint), fingerprint_detail=erun.fingerprint,
             describe=describe, modalities=sorted(embedder.modalities),
             random_weights=bool(cfg.synthetic or describe.get("random_weights")),
+            **({"finetune": trained[label]} if label in trained else {}),
         )
         for task in cfg.tasks:
             _log(f"{label}: {task.type}")

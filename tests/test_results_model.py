@@ -74,7 +74,11 @@ def test_committed_demo_baseline_loads_and_writes_back_the_same_bytes(tmp_path):
     r = load_results(DEMO, finished=True)
     assert r.benchmark == "demo" and len(r.metrics) > 50 and all(isinstance(m, Metric) for m in r.metrics)
     assert r.environment.hardware_fingerprint == json.loads(DEMO.read_text())["environment"]["hardware_fingerprint"]
-    assert set(r.embedders) == {"clip", "phi3v", "phi3v-lm"} and r.embedders["phi3v"].modalities == ["image"]
+    assert set(r.embedders) == {"clip", "clip-ft", "phi3v", "phi3v-lm"}
+    assert r.embedders["phi3v"].modalities == ["image"]
+    ft = r.embedders["clip-ft"].finetune  # the demo's fine-tuned CLIP: its training record, typed
+    assert ft is not None and ft.base == "clip" and ft.history[-1].step == 150
+    assert r.embedders["clip"].finetune is None
     assert r.to_json() == json.loads(DEMO.read_text())
     assert write_json_atomic(tmp_path / "b.json", r.to_json()).read_bytes() == DEMO.read_bytes()
 

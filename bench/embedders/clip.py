@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from bench.embedders.base import Embedder, RuntimeOptions
 from bench.errors import ConfigError, ModelError
@@ -25,6 +25,7 @@ _WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 class ClipParams(EmbedderParams):
     type: Literal["clip"] = "clip"
+    finetunable: ClassVar[bool] = True  # contrastive fine-tuning: bench.finetune
 
 
 class ClipEmbedder(Embedder):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError, field_validator, model_validator
 
-from bench.config import Float, Int
+from bench.params import Float, Int  # not bench.config: the config imports this module
 from bench.errors import ConfigError
 
 
@@ -75,6 +75,30 @@ class FinetuneParams(BaseModel):
     def hyper(self) -> dict[str, Any]:
         """What changes the trained weights (for the fingerprint): everything but the logging cadence."""
         return self.model_dump(mode="json", exclude={"name", "log_every", "save_every"})
+
+
+class FinetuneEntry(FinetuneParams):
+    """An entry of a config's `finetune:` list: the training parameters plus how to launch them.
+
+    processes: training processes (1: in this process; N > 1: torchrun with N gloo/nccl processes, each
+    taking batch_size / N pairs of every batch). threads: torch CPU threads per process (0: torch's
+    default; tiny models train fastest on 1 thread). Neither changes the trained model, so neither is in
+    the training fingerprint."""
+
+    processes: Int(ge=1, le=256) = 1
+    threads: Int(ge=0, le=1024) = 0
+
+    @model_validator(mode="after")
+    def _split(self) -> FinetuneEntry:
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by processes "
+                             f"({self.processes}): "
+                             f"each process takes an equal share of every batch")
+        return self
+
+    def engine_params(self) -> FinetuneParams:
+        """The training parameters alone (what the engine and its fingerprint take)."""
+        return FinetuneParams.model_validate(self.model_dump(exclude={"processes", "threads"}))
 
 
 def parse_params(data: dict[str, Any], where: str = "finetune") -> FinetuneParams:

@@ -30,6 +30,7 @@ def metrics_frame(results: RunResult | dict[str, Any]):
 def render_run(results: RunResult | dict[str, Any], out_dir: str | Path) -> dict[str, Path]:
     """Write report.md, report.html and metrics.csv for one run into out_dir; return their paths."""
     results = as_result(results)
+    from bench.report.finetune import loss_curves
     from bench.report.html import render_html
     from bench.report.markdown import render_markdown
     from bench.report.plots import all_plots
@@ -37,7 +38,7 @@ def render_run(results: RunResult | dict[str, Any], out_dir: str | Path) -> dict
     out = Path(out_dir)
     paths = {"markdown": _write_text_atomic(out / "report.md", render_markdown(results))}
     paths["csv"] = _write_text_atomic(out / "metrics.csv", metrics_frame(results).to_csv(index=False))
-    paths["html"] = _write_text_atomic(out / "report.html", render_html(results, all_plots(results)))
+    paths["html"] = _write_text_atomic(out / "report.html", render_html(results, all_plots(results) + loss_curves(results)))
     return paths
 
 

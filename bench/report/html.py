@@ -6,9 +6,10 @@ import base64
 from html import escape
 from typing import Any
 
+from bench.report.finetune import finetune_html, synthetic_warning
 from bench.report.plots import Plot
 from bench.results import RunResult, as_result
-from bench.report.tables import (NOT_MEASURED, SYNTHETIC_WARNING, Tables, build_tables, dataset_rows,
+from bench.report.tables import (NOT_MEASURED, Tables, build_tables, dataset_rows,
                                  embedder_rows, headline, protocols, run_facts)
 
 CSS = """
@@ -77,7 +78,7 @@ def render_html(results: RunResult | dict[str, Any], plots: list[Plot]) -> str:
             '<p class="muted">' + " · ".join(f"<b>{escape(k)}</b>: {escape(v)}" for k, v in
                                              [("run", results.run_id or "?"), *headline(results)]) + "</p>"]
     if results.synthetic:
-        body.append(f'<div class="warn">WARNING: {escape(SYNTHETIC_WARNING)}</div>')
+        body.append(f'<div class="warn">WARNING: {escape(synthetic_warning(results))}</div>')
     if not results.complete:
         error = f" Error: {escape(results.error)}" if results.error else ""
         body.append('<div class="warn">This run did not finish: the tables hold the embedders completed '
@@ -86,6 +87,8 @@ def render_html(results: RunResult | dict[str, Any], plots: list[Plot]) -> str:
              '<p class="muted">One row per metric, one column per embedder; the best value of each row is '
              "highlighted (↑ higher is better, ↓ lower is better; "
              f"{NOT_MEASURED} not measured; n/a: see the footnotes).</p>", metric_tables_html(tables)]
+    section = finetune_html(results, _table)
+    body += [section] if section else []
     if plots:
         body += ["<h2>Plots</h2>", *(_figure(p) for p in plots)]
     body += ["<h2>Run</h2>", _table(["", ""], [[k, v] for k, v in run_facts(results)], 2, "facts"),

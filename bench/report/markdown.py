@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.report.finetune import finetune_md, synthetic_warning
 from bench.results import RunResult, as_result
-from bench.report.tables import (NOT_MEASURED, SYNTHETIC_WARNING, Tables, build_tables, dataset_rows,
+from bench.report.tables import (NOT_MEASURED, Tables, build_tables, dataset_rows,
                                  embedder_rows, headline, protocols, run_facts)
 
 
@@ -46,7 +47,7 @@ def render_markdown(results: RunResult | dict[str, Any]) -> str:
     tables = build_tables(results)
     lines = [f"# bench report: {results.benchmark or '?'}", ""]
     if results.synthetic:
-        lines += [f"> **WARNING: {SYNTHETIC_WARNING}**", ""]
+        lines += [f"> **WARNING: {synthetic_warning(results)}**", ""]
     lines += [" · ".join(f"**{k}**: {v}" for k, v in headline(results)), ""]
     if not results.complete:
         lines += ["> **This run did not finish: the tables hold the embedders completed so far.**"
@@ -54,6 +55,7 @@ def render_markdown(results: RunResult | dict[str, Any]) -> str:
     lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better; {NOT_MEASURED} not measured).",
               ""]
     lines += metric_tables_md(tables)
+    lines += finetune_md(results, _md_table)
     lines += ["## Run", ""] + _md_table(["", ""], [[k, v] for k, v in run_facts(results)]) + [""]
     lines += ["## Embedders", ""]
     lines += _md_table(["embedder", "type", "model", "settings", "weights", "fingerprint"], embedder_rows(results))
