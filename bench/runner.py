@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import registry
+from bench import registry, significance
 from bench.cache import EmbeddingCache, cache_key
 from bench.config import Config, check_paths, resolved_dict
 from bench.embedders.base import Embedder, RuntimeOptions, check_finite, resolve_torch_dtype
@@ -95,6 +95,7 @@ class EmbedderRun:
         self.timings: dict[str, float] = {}
         self.cache_status: dict[str, str] = {}
         self._emb: dict[tuple[str, str], Any] = {}
+        self.records: dict[tuple[str, str, str], Any] = {}  # (label, task, dataset) -> PerQuery
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -107,12 +108,20 @@ class EmbedderRun:
     def detail(self, key: str, value: Any) -> None:
         self.details[key] = value
 
+    def per_query(self, name: str, record: Any) -> None:
+        """Keep a task's per-query record ("<task>/<dataset>"), labelled with who and what made it."""
+        task, dataset = name.split("/", 1)
+        record.meta.update(embedder=self.label, task=task, dataset=dataset,
+                           embedder_fingerprint=short_hash(self.fingerprint),
+                           dataset_fingerprint=self.ctx.dataset(dataset).fingerprint())
+        self.records[(self.label, task, dataset)] = record
+
     def inputs(self) -> TaskInputs:
         """What a task may use: this embedder's embeddings, the datasets, timings, runtime options."""
         return TaskInputs(label=self.label, embedder=self.embedder, device=self.ctx.device,
                           runtime=self.ctx.cfg.runtime, dataset=self.ctx.dataset,
                           image_embeddings=self.image_embeddings, text_embeddings=self.text_embeddings,
-                          timed=self.timed, detail=self.detail)
+                          timed=self.timed, detail=self.detail, per_query=self.per_query)
 
     def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str):
         if (ds_name, modality) in self._emb:
@@ -263,6 +272,18 @@ def _record_failure(out_dir: Path, made: bool, finished: int, exc: BaseException
          "(complete: false)")
 
 
+def _save_records(out_dir: Path, result: RunResult, records: dict, cfg: Config) -> None:
+    """per_query.npz beside results.json (written first: results.json never names a run whose
+    records are older than it); its meta ties it to this run and its models and data."""
+    if not records:
+        return
+    meta = {"run_id": result.run_id, "benchmark": result.benchmark, "seed": cfg.runtime.seed,
+            "statistics": significance.bootstrap_kw(cfg.statistics),
+            "embedders": {k: e.fingerprint for k, e in result.embedders.items()},
+            "datasets": {k: d.fingerprint for k, d in result.datasets.items()}}
+    significance.save_records(out_dir / significance.RECORDS_FILE, records, meta)
+
+
 def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, device: str,
          now: datetime, run_id: str, out_dir: Path, state: dict[str, Any]) -> Path:
     from bench.environment import capture
@@ -277,6 +298,7 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
     result.datasets = ctx.dataset_summary()
     _log(f"run {run_id} on {device}: {len(cfg.embedders)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
+    records: dict[tuple[str, str, str], Any] = {}
     # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).
     for kind in dict.fromkeys(spec.type for spec in cfg.embedders):
         registry.resolve("embedder", kind).preload()
@@ -295,19 +317,28 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
             describe=describe, modalities=sorted(embedder.modalities),
             random_weights=bool(cfg.synthetic or describe.get("random_weights")),
         )
+        metrics = []
         for task in cfg.tasks:
             _log(f"{label}: {task.type}")
             fn = registry.resolve("task", task.type)
-            result.metrics.extend(fn(erun.inputs(), task))
+            metrics.extend(fn(erun.inputs(), task))
+        records.update(erun.records)
+        with erun.timed("statistics"):  # intervals and chance levels from the per-query records
+            significance.annotate(metrics, erun.records, cfg.statistics)
+        result.metrics.extend(metrics)
         result.metrics.append(LOAD.record(label, "load", "-", load_s))
         result.details[label] = erun.details
         result.timings[label] = erun.timings
         result.cache[label] = erun.cache_status
         result.datasets = ctx.dataset_summary()
+        _save_records(out_dir, result, records, cfg)
         write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": False})
         state["finished"] += 1
         del embedder, erun
         gc.collect()
+    t0 = time.perf_counter()
+    result.paired = significance.paired_marks(result.metrics, records, cfg.statistics)
+    result.timings["_paired_s"] = round(time.perf_counter() - t0, 4)
     result.timings["_total_s"] = round(time.perf_counter() - t_run, 3)
     write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": True})
     state["complete"] = True
