@@ -273,7 +273,8 @@ def _why_incomparable(result: RunResult, baseline: RunResult, m: Metric) -> str:
 
 
 def compare(result: RunResult | dict[str, Any], baseline: RunResult | dict[str, Any], tol: Tolerances | None = None,
-            fail_on: tuple[str, ...] | list[str] = KINDS, records: tuple[dict, dict] | None = None) -> Comparison:
+            fail_on: tuple[str, ...] | list[str] = KINDS,
+            records: tuple[dict, dict] | None = None) -> Comparison:
     """Verdict for every metric of `result` and `baseline` (see the module docstring). Dicts (a parsed
     results.json) are checked and read into RunResults first. `records`: the per-query records of the
     result and of the baseline ({(embedder, task, dataset): PerQuery}, `run_records`) for the paired
@@ -311,8 +312,8 @@ def compare(result: RunResult | dict[str, Any], baseline: RunResult | dict[str, 
         out.append(v)
     notes = []
     if records and any(v.reason.startswith("paired") for v in out):
-        notes.append("quality verdicts marked 'paired' come from a paired bootstrap of the change on the same "
-                     "queries: regressed only when its whole interval lies below -tolerance")
+        notes.append("quality verdicts marked 'paired' come from a paired bootstrap of the change on the "
+                     "same queries: regressed only when its whole interval lies below -tolerance")
     if result.synthetic or baseline.synthetic:
         notes.append("synthetic run (random tiny weights): the verdicts check the harness, not model quality")
     if result.hardware != baseline.hardware:
@@ -365,7 +366,8 @@ def _judge(v: Verdict, result: RunResult, baseline: RunResult, m: Metric, tol: T
 
 def _judge_paired(v: Verdict, m: Metric, records: tuple[dict, dict], tol: Tolerances,
                   settings: dict[str, Any]) -> None:
-    """The paired rule (module docstring) for a comparable quality verdict, when both sides have the record."""
+    """The paired rule (module docstring) for a comparable quality verdict, when both sides have the
+    record."""
     from bench import significance
     from bench.metrics.stats import significant_regression
 
@@ -411,7 +413,8 @@ def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
     from bench import significance
     from bench.io import write_bytes_atomic
 
-    source, target = significance.records_path(result.path or result_path), significance.records_path(baseline_path)
+    source = significance.records_path(result.path or result_path)
+    target = significance.records_path(baseline_path)
     if source.is_file():
         write_bytes_atomic(target, source.read_bytes())
         summary += f"; per-query records {target} ({target.stat().st_size / 1024:.0f} KiB)"

@@ -65,7 +65,8 @@ from bench.io import write_json_atomic, write_text_atomic  # noqa: F401  (re-exp
 from bench.results_checks import METRIC_KINDS, SCHEMA_VERSION, check_results
 
 __all__ = ["METRIC_KINDS", "SCHEMA_VERSION", "Metric", "RunResult", "Environment", "DatasetSummary",
-           "EmbedderRecord", "Paired", "RetrievalCurves", "PerClass", "check_results", "load_results", "as_result"]
+           "EmbedderRecord", "Paired", "RetrievalCurves", "PerClass", "check_results", "load_results",
+           "as_result"]
 
 
 @dataclass

@@ -49,7 +49,8 @@ def bootstrap_kw(settings: Any) -> dict[str, Any]:
 
 
 def enabled(settings: Any) -> bool:
-    return bool(settings.get("enabled", True) if isinstance(settings, dict) else getattr(settings, "enabled", True))
+    on = settings.get("enabled", True) if isinstance(settings, dict) else getattr(settings, "enabled", True)
+    return bool(on)
 
 
 def _name(key: str) -> str:
@@ -163,8 +164,8 @@ def paired_marks(metrics: list[Any], records: dict[RecordKey, Any], settings: An
             continue
         sign = 1.0 if ms[0].higher_is_better else -1.0
         best, second = sorted(ms, key=lambda m: -sign * m.value)[:2]  # stable: config order on ties
-        ci = change_interval(records[(best.embedder, task, dataset)], records[(second.embedder, task, dataset)],
-                             key, settings)
+        ci = change_interval(records[(best.embedder, task, dataset)],
+                             records[(second.embedder, task, dataset)], key, settings)
         if ci is None or not all(math.isfinite(x) for x in (ci.diff, ci.low, ci.high)):
             continue
         out.append(Paired(task=task, dataset=dataset, key=key, best=best.embedder, runner_up=second.embedder,
@@ -213,7 +214,8 @@ def run_records(results: Any) -> tuple[dict, str]:
     except BenchError as e:
         return {}, f"{path} not used ({e}); tolerance rule"
     if meta.get("run_id") != results.run_id:
-        return {}, f"{path} belongs to run {meta.get('run_id')!r}, not {results.run_id!r}: not used; tolerance rule"
+        return {}, (f"{path} belongs to run {meta.get('run_id')!r}, not {results.run_id!r}: not used; "
+                    "tolerance rule")
     ok = {}
     for (label, task, ds), rec in records.items():
         if (rec.meta.get("embedder_fingerprint") == _fp(results.embedders, label)

@@ -158,8 +158,8 @@ def test_statistics_in_results_report_and_compare(e2e_run):
     assert data["paired"] and {p["task"] for p in data["paired"]} >= {"retrieval", "linear_probe", "zeroshot"}
     md = (first / "report.md").read_text()
     assert "±" in md and "| chance |" in md and "bootstrap interval" in md
-    r = subprocess.run([sys.executable, "-m", "bench", "compare", str(second), str(first), "--fail-on", "quality",
-                        "--show", "all"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    r = subprocess.run([sys.executable, "-m", "bench", "compare", str(second), str(first), "--fail-on",
+                        "quality", "--show", "all"], capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     quality = [line for line in r.stdout.splitlines() if "| retrieval/" in line or "| probe/" in line
                or "| zeroshot/" in line]

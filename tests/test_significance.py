@@ -33,8 +33,8 @@ def _ranks(t2i_ranks: np.ndarray, n_images: int) -> RetrievalRanks:
 
 def _recall_metric(label: str, ranks: RetrievalRanks, k: int = 1, direction: str = "t2i") -> Metric:
     value = 100.0 * float(np.mean(np.asarray(ranks.t2i) < k))
-    return Metric(label, "retrieval", "caps", f"retrieval/{direction}_recall@{k}", value, "%", True, "quality",
-                  num_items=len(ranks.t2i))
+    return Metric(label, "retrieval", "caps", f"retrieval/{direction}_recall@{k}", value, "%", True,
+                  "quality", num_items=len(ranks.t2i))
 
 
 def test_intervals_contain_the_estimate_and_chance_is_exact():
@@ -81,7 +81,8 @@ def _pair(better_by: int, n: int = 300, seed: int = 0):
 def test_paired_marks_significant_and_tie():
     ra, rb = _pair(better_by=40)
     metrics = [_recall_metric("a", ra), _recall_metric("b", rb)]
-    records = {("a", "retrieval", "caps"): retrieval_record(ra), ("b", "retrieval", "caps"): retrieval_record(rb)}
+    records = {("a", "retrieval", "caps"): retrieval_record(ra),
+               ("b", "retrieval", "caps"): retrieval_record(rb)}
     (p,) = significance.paired_marks(metrics, records, STATS)
     assert (p.best, p.runner_up, p.significant) == ("a", "b", True)
     assert p.low > 0 and p.diff == pytest.approx(100 * 40 / 300)
@@ -98,8 +99,9 @@ def test_report_shows_intervals_chance_and_marks(tmp_path):
     for m in data["metrics"]:
         if m["kind"] == "quality" and m["value"] is not None:
             m.update(ci_low=m["value"] - 3.0, ci_high=m["value"] + 3.0, chance=10.0)
-    data["paired"] = [{"task": "retrieval", "dataset": "caps", "key": "retrieval/i2t_recall@1", "best": "phi3v-lm",
-                       "runner_up": "clip", "diff": 5.0, "low": 1.0, "high": 9.0, "level": 0.95,
+    data["paired"] = [{"task": "retrieval", "dataset": "caps", "key": "retrieval/i2t_recall@1",
+                       "best": "phi3v-lm", "runner_up": "clip",
+                       "diff": 5.0, "low": 1.0, "high": 9.0, "level": 0.95,
                        "significant": True},
                       {"task": "linear_probe", "dataset": "labels", "key": "probe/top1", "best": "phi3v",
                        "runner_up": "phi3v-lm", "diff": 2.0, "low": -1.0, "high": 5.0, "level": 0.95,
@@ -148,7 +150,8 @@ def test_records_file_round_trip_and_naming(tmp_path):
     np.testing.assert_array_equal(back[("clip", "retrieval", "caps")].arrays["t2i"], ra.t2i)
     assert significance.records_path(tmp_path / "run" / "results.json") == path
     assert significance.records_path(tmp_path / "run") == path
-    assert significance.records_path("reports/baselines/demo.json") == Path("reports/baselines/demo.per_query.npz")
+    want = Path("reports/baselines/demo.per_query.npz")
+    assert significance.records_path("reports/baselines/demo.json") == want
 
 
 # --- bench compare: the paired rule ------------------------------------------------------------------

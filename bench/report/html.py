@@ -56,14 +56,16 @@ def metric_tables_html(tables: Tables) -> str:
                 else:
                     title = f' title="interval [{c.ci[0]:.4g}, {c.ci[1]:.4g}]"' if c.ci else ""
                     text = escape(c.text + c.mark)
-                    cells.append(f'<td class="best"{title}>{text}</td>' if c.best else f"<td{title}>{text}</td>")
+                    cls = ' class="best"' if c.best else ""
+                    cells.append(f"<td{cls}{title}>{text}</td>")
             if section.has_chance:
-                chance = format_value(row.chance, row.unit, with_unit=False) if row.chance is not None else NOT_MEASURED
+                chance = (format_value(row.chance, row.unit, with_unit=False) if row.chance is not None
+                          else NOT_MEASURED)
                 cells.append(f'<td class="na">{escape(chance)}</td>')
             rows.append(f'<tr><td class="k">{escape(row.key)}{unit} {arrow}</td>{"".join(cells)}</tr>')
         chance_head = "<th>chance</th>" if section.has_chance else ""
-        parts.append(f'<h3>{escape(section.title)}</h3><table><tr><th class="k">metric</th>{head}{chance_head}</tr>'
-                     + "".join(rows) + "</table>")
+        parts.append(f'<h3>{escape(section.title)}</h3><table><tr><th class="k">metric</th>{head}'
+                     f"{chance_head}</tr>" + "".join(rows) + "</table>")
     if tables.notes:
         parts.append('<p class="muted">n/a: ' + "; ".join(f"[{i}] {escape(t)}" for i, t in enumerate(tables.notes, 1))
                      + "</p>")

@@ -53,8 +53,10 @@ def _yerr(values: list[float], cis: list[tuple[float, float] | None]):
     """matplotlib's asymmetric yerr [[below], [above]] (None when no value has an interval)."""
     if not any(ci is not None for ci in cis):
         return None
-    below = [max(v - ci[0], 0.0) if ci is not None and not math.isnan(v) else 0.0 for v, ci in zip(values, cis)]
-    above = [max(ci[1] - v, 0.0) if ci is not None and not math.isnan(v) else 0.0 for v, ci in zip(values, cis)]
+    pairs = [(v, ci) if ci is not None and not math.isnan(v) else (0.0, (0.0, 0.0))
+             for v, ci in zip(values, cis)]
+    below = [max(v - ci[0], 0.0) for v, ci in pairs]
+    above = [max(ci[1] - v, 0.0) for v, ci in pairs]
     return [below, above]
 
 
@@ -72,7 +74,8 @@ def recall_curves(results: RunResult) -> list[Plot]:
             for label, d in by_label.items():
                 ys = [math.nan if y is None else y for y in getattr(d, direction)]
                 err = _yerr(ys, [ci.get((label, ds, f"retrieval/{direction}_recall@{k:g}")) for k in d.ks])
-                ax.errorbar(d.ks, ys, yerr=err, marker="o", label=label, color=_color(labels, label), capsize=3)
+                ax.errorbar(d.ks, ys, yerr=err, marker="o", label=label, color=_color(labels, label),
+                            capsize=3)
             ax.set_title(name)
             ax.set_xlabel("k")
             ax.set_xscale("log")

@@ -106,7 +106,8 @@ def statistics_legend(results: RunResult) -> str:
     level = float(st.get("level", 0.95))
     parts = []
     if has_ci:
-        parts.append(f"Quality values carry their {level:.0%} bootstrap interval ({st.get('resamples', 1000)} "
+        n = st.get("resamples", 1000)
+        parts.append(f"Quality values carry their {level:.0%} bootstrap interval ({n} "
                      f"resamples of the test queries, seed {st.get('seed', 0)}): value ± half its width, or "
                      "value [low, high] when it is lopsided")
     if has_chance:

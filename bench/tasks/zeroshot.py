@@ -37,7 +37,8 @@ class ZeroShotParams(TaskParams):
 
 def run(inputs: TaskInputs, task: ZeroShotParams) -> list[Metric]:
     from bench.embedders.base import check_finite
-    from bench.metrics.zeroshot import DEFAULT_TEMPLATES, class_scores, class_text_embeddings, zeroshot_classify
+    from bench.metrics.zeroshot import (DEFAULT_TEMPLATES, class_scores, class_text_embeddings,
+                                        zeroshot_classify)
 
     ds = inputs.dataset(task.dataset)
     emb = inputs.embedder
