@@ -243,3 +243,34 @@ def test_cli_compare_uses_the_records_and_baseline_accept_copies_them(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "baseline", "accept", str(a), "--to", str(base)],
                        capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and not (tmp_path / "baselines" / "demo.per_query.npz").exists()
+
+
+@pytest.mark.parametrize("section, words", [
+    ({"resamples": "1000"}, "statistics.resamples"),
+    ({"resamples": 5}, "statistics.resamples"),
+    ({"level": 95}, "statistics.level"),
+    ({"seeds": 1}, "seeds"),
+])
+def test_statistics_config_is_strict(section, words):
+    from bench.config import parse_config
+    from bench.errors import ConfigError
+
+    raw = {"name": "x", "datasets": {"c": {"type": "imagefolder", "root": "r"}},
+           "embedders": [{"type": "clip", "model": "m"}], "tasks": [{"type": "zeroshot", "dataset": "c"}],
+           "statistics": section}
+    with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+        parse_config(raw)
+
+
+def test_retrieval_measures_option_is_strict():
+    from bench.tasks.retrieval import RetrievalParams
+
+    assert RetrievalParams(type="retrieval", dataset="c").keys() == [
+        f"{d}_recall@{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)]
+    p = RetrievalParams(type="retrieval", dataset="c", ks=[5], measures=["mrr", "ndcg", "true_recall"])
+    # i2t first, then the measures in the order the config lists them
+    assert p.keys() == ["i2t_mrr", "i2t_ndcg@10", "i2t_true_recall@5", "t2i_mrr", "t2i_ndcg@10",
+                        "t2i_true_recall@5"]
+    for bad in (["map"], [], ["mrr", "mrr"]):
+        with pytest.raises(ValueError):
+            RetrievalParams(type="retrieval", dataset="c", measures=bad)

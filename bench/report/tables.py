@@ -237,7 +237,8 @@ def protocols(results: RunResult) -> list[tuple[str, str]]:
     seen: dict[tuple[str, str], str] = {}  # (task, protocol) -> title; a task with several measures
     tasks: set[str] = set()               # (retrieval: recall, MRR, ...) lists each protocol
     for m in results.metrics:
-        if m.protocol and (m.task, m.protocol) not in seen:
+        # quality: each measure's own protocol (retrieval recall, MRR, ...); other kinds: the task's first
+        if m.protocol and (m.task, m.protocol) not in seen and (m.kind == "quality" or m.task not in tasks):
             title = TASK_TITLES.get(m.task, m.task)
             seen[(m.task, m.protocol)] = title if m.task not in tasks else f"{title} ({_name(m.key)})"
             tasks.add(m.task)
@@ -245,6 +246,6 @@ def protocols(results: RunResult) -> list[tuple[str, str]]:
 
 
 def _name(key: str) -> str:
-    """'retrieval/t2i_ndcg@10' -> 'ndcg@10': the measure a protocol line is about."""
-    name = key.rsplit("/", 1)[-1]
+    """'retrieval/t2i_ndcg@10' -> 'ndcg': the measure a protocol line is about."""
+    name = key.rsplit("/", 1)[-1].split("@", 1)[0]
     return name.split("_", 1)[1] if name[:4] in ("i2t_", "t2i_") else name
