@@ -232,10 +232,15 @@ def _hash(obj: Any) -> str:
 
 
 def _task_settings(results: RunResult, task: str, dataset: str) -> str:
-    """Fingerprint of the config entries of one task that touch one dataset (ks, templates, C grid...)."""
-    entries = [t for t in results.task_entries()
+    """Fingerprint of the config entries of one task that touch one dataset (ks, templates, C grid...).
+    Settings that only choose which metrics are shown (retrieval `measures`) are left out: a metric both
+    runs have was computed the same way."""
+    entries = [{k: v for k, v in t.items() if k not in _SHOW_ONLY} for t in results.task_entries()
                if t.get("type") == task and dataset in {t.get(k) for k in ("dataset", "train", "val", "test")}]
     return _hash(entries)
+
+
+_SHOW_ONLY = ("measures",)
 
 
 def _runtime_settings(results: RunResult) -> str:
