@@ -274,3 +274,16 @@ def test_retrieval_measures_option_is_strict():
     for bad in (["map"], [], ["mrr", "mrr"]):
         with pytest.raises(ValueError):
             RetrievalParams(type="retrieval", dataset="c", measures=bad)
+
+
+def test_measures_setting_keeps_old_baselines_comparable():
+    """`measures` only chooses which keys are shown: a baseline written before it existed still
+    compares (a changed `ks` would not: the task settings then differ)."""
+    new, old = make_results(), make_results()
+    new["config"]["tasks"][0]["measures"] = ["recall", "mrr"]
+    c = compare(new, old, fail_on=("quality",))
+    assert {v.verdict for v in c.verdicts if v.key.startswith("retrieval/") and v.embedder == "clip"} == {"unchanged"}
+    new["config"]["tasks"][0]["ks"] = [1, 5, 20]
+    c = compare(new, old, fail_on=("quality",))
+    assert {v.reason for v in c.verdicts if v.key.startswith("retrieval/") and v.embedder == "clip"} == {
+        "task settings differ"}
