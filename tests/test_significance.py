@@ -282,7 +282,8 @@ def test_measures_setting_keeps_old_baselines_comparable():
     new, old = make_results(), make_results()
     new["config"]["tasks"][0]["measures"] = ["recall", "mrr"]
     c = compare(new, old, fail_on=("quality",))
-    assert {v.verdict for v in c.verdicts if v.key.startswith("retrieval/") and v.embedder == "clip"} == {"unchanged"}
+    clip = [v for v in c.verdicts if v.key.startswith("retrieval/") and v.embedder == "clip"]
+    assert {v.verdict for v in clip} == {"unchanged"}
     new["config"]["tasks"][0]["ks"] = [1, 5, 20]
     c = compare(new, old, fail_on=("quality",))
     assert {v.reason for v in c.verdicts if v.key.startswith("retrieval/") and v.embedder == "clip"} == {
