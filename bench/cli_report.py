@@ -52,7 +52,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     tol = Tolerances.from_config(result.regression())
     for name, value in overrides.items():
         setattr(tol, name, value)
-    comparison = compare(result, baseline, tol, fail_on)
+    from bench.significance import run_records
+
+    (rec_r, note_r), (rec_b, note_b) = run_records(result), run_records(baseline)
+    comparison = compare(result, baseline, tol, fail_on, records=(rec_r, rec_b) if rec_r and rec_b else None)
+    comparison.notes += [n for n in (note_r, note_b) if n]
     text = comparison.to_markdown(show=args.show)
     print(text, end="")
     if args.output:

@@ -92,6 +92,17 @@ class Regression(_Model):
     per_metric: dict[str, Float(ge=0)] = {}
 
 
+class Statistics(_Model):
+    """Uncertainty of the quality metrics (bench.significance): percentile bootstrap over the test
+    queries, `resamples` draws at confidence `level`, seeded by `seed`; `enabled: false` skips the
+    intervals and paired marks (the per-query records are still written)."""
+
+    enabled: StrictBool = True
+    resamples: Int(ge=10, le=100_000) = 1000
+    level: Float(gt=0.5, lt=1) = 0.95
+    seed: StrictInt = 0
+
+
 class Config(_Model):
     """A benchmark config. Validate with load_config / parse_config: they use config_model(), this
     class with the component sections' unions taken from the registry."""
@@ -108,6 +119,7 @@ class Config(_Model):
     # Fine-tuned models (bench.finetune): each becomes one more embedder, labelled by its `name`.
     finetune: list[FinetuneEntry] = []
     regression: Regression = Regression()
+    statistics: Statistics = Statistics()
     synthetic: StrictBool = False  # the demo says its weights are random and tiny
     # Set by load_config: the file it came from, and for each key path the ${VAR} variables in it,
     # each with whether it was set (error messages then name the variable to set).

@@ -38,6 +38,16 @@ recall and for mAP (see bench.tasks for why). A change of one or two items out o
 (the tighter tolerance), so one edited file cannot loosen the check; with results written before
 `num_items` existed the configured tolerance applies. The verdict's tolerance column says which
 rule applied, e.g. "±2 (2 of 100 items)".
+
+Significance-aware rule (issue 15): when both runs carry per-query records (per_query.npz beside
+results.json; `x.per_query.npz` beside a baseline `x.json`, written by `bench baseline accept`) of
+the same run, model and data (their fingerprints match the results' and the queries are the same),
+a quality change is judged by the paired bootstrap of result - baseline on the same queries
+(bench.significance, the result's `statistics` settings): `regressed` only when the whole interval
+lies below -tolerance (the configured one: the interval already carries the test-set noise the item
+floor stands in for), `improved` when it lies above +tolerance, `unchanged` otherwise. The
+tolerance column then shows the interval ("±0.5; paired 95% [-6, 0]") and the verdict says
+"paired". Metrics without records on both sides keep the rule above.
 """
 
 from __future__ import annotations
@@ -222,10 +232,15 @@ def _hash(obj: Any) -> str:
 
 
 def _task_settings(results: RunResult, task: str, dataset: str) -> str:
-    """Fingerprint of the config entries of one task that touch one dataset (ks, templates, C grid...)."""
-    entries = [t for t in results.task_entries()
+    """Fingerprint of the config entries of one task that touch one dataset (ks, templates, C grid...).
+    Settings that only choose which metrics are shown (retrieval `measures`) are left out: a metric both
+    runs have was computed the same way."""
+    entries = [{k: v for k, v in t.items() if k not in _SHOW_ONLY} for t in results.task_entries()
                if t.get("type") == task and dataset in {t.get(k) for k in ("dataset", "train", "val", "test")}]
     return _hash(entries)
+
+
+_SHOW_ONLY = ("measures",)
 
 
 def _runtime_settings(results: RunResult) -> str:
@@ -263,9 +278,12 @@ def _why_incomparable(result: RunResult, baseline: RunResult, m: Metric) -> str:
 
 
 def compare(result: RunResult | dict[str, Any], baseline: RunResult | dict[str, Any], tol: Tolerances | None = None,
-            fail_on: tuple[str, ...] | list[str] = KINDS) -> Comparison:
+            fail_on: tuple[str, ...] | list[str] = KINDS,
+            records: tuple[dict, dict] | None = None) -> Comparison:
     """Verdict for every metric of `result` and `baseline` (see the module docstring). Dicts (a parsed
-    results.json) are checked and read into RunResults first."""
+    results.json) are checked and read into RunResults first. `records`: the per-query records of the
+    result and of the baseline ({(embedder, task, dataset): PerQuery}, `run_records`) for the paired
+    rule; None: the tolerance rule only."""
     result, baseline = as_result(result, "result"), as_result(baseline, "baseline")
     tol = tol or Tolerances.from_config(result.regression())
     bad = [k for k in fail_on if k not in KINDS]
@@ -294,8 +312,13 @@ def compare(result: RunResult | dict[str, Any], baseline: RunResult | dict[str, 
                 v.verdict, v.reason = "missing", f"n/a in the result{': ' + na if na else ''}"
             else:
                 _judge(v, result, baseline, res[key], tol, base[key])
+                if v.verdict in ("improved", "unchanged", "regressed") and v.kind == "quality" and records:
+                    _judge_paired(v, res[key], records, tol, result.config.get("statistics") or {})
         out.append(v)
     notes = []
+    if records and any(v.reason.startswith("paired") for v in out):
+        notes.append("quality verdicts marked 'paired' come from a paired bootstrap of the change on the "
+                     "same queries: regressed only when its whole interval lies below -tolerance")
     if result.synthetic or baseline.synthetic:
         notes.append("synthetic run (random tiny weights): the verdicts check the harness, not model quality")
     if result.hardware != baseline.hardware:
@@ -346,6 +369,31 @@ def _judge(v: Verdict, result: RunResult, baseline: RunResult, m: Metric, tol: T
         v.verdict = "unchanged"
 
 
+def _judge_paired(v: Verdict, m: Metric, records: tuple[dict, dict], tol: Tolerances,
+                  settings: dict[str, Any]) -> None:
+    """The paired rule (module docstring) for a comparable quality verdict, when both sides have the
+    record."""
+    from bench import significance
+    from bench.metrics.stats import significant_regression
+
+    who = (m.embedder, m.task, m.dataset)
+    if who not in records[0] or who not in records[1]:
+        return
+    change = significance.change_interval(records[0][who], records[1][who], m.key, settings)
+    if change is None or not all(math.isfinite(x) for x in (change.low, change.high)):
+        return
+    t, _ = tol.for_metric(v.key, v.kind)  # the configured tolerance, without the item floor
+    hib = m.higher_is_better
+    if significant_regression(change, t, hib):
+        v.verdict = "regressed"
+    elif significant_regression(change, t, not hib):  # the whole interval is better by more than t
+        v.verdict = "improved"
+    else:
+        v.verdict = "unchanged"
+    v.tolerance = f"±{t:g}; paired {change.level:.0%} [{change.low:+.3g}, {change.high:+.3g}]"
+    v.reason = "paired" if v.verdict != "unchanged" or abs(change.diff) <= t else "paired: inside the noise"
+
+
 def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
     """Copy a result to the baseline path (atomically); return a summary of what changed against the old one."""
     from bench.io import write_json_atomic
@@ -366,4 +414,15 @@ def accept_baseline(result_path: str | Path, baseline_path: str | Path) -> str:
                                  f"'{name}': pass --to reports/baselines/{name}.json")
             summary = "against the previous baseline: " + compare(result, old, fail_on=()).summary()
     write_json_atomic(baseline_path, result.to_json())
+    # Its per-query records go beside it (the paired rule of `bench compare`), or a stale copy goes.
+    from bench import significance
+    from bench.io import write_bytes_atomic
+
+    source = significance.records_path(result.path or result_path)
+    target = significance.records_path(baseline_path)
+    if source.is_file():
+        write_bytes_atomic(target, source.read_bytes())
+        summary += f"; per-query records {target} ({target.stat().st_size / 1024:.0f} KiB)"
+    elif target.is_file():
+        target.unlink()
     return summary

@@ -37,10 +37,15 @@ results.json (schema_version 1):
      {"embedder": label, "task": "retrieval", "dataset": name, "key": "retrieval/i2t_recall@5",
       "value": 41.2 | null, "unit": "%", "higher_is_better": true,
       "kind": "quality"|"speed"|"memory", "protocol": "...", "na_reason": null | "why it is n/a",
-      "num_items": 100}                     # optional, quality only: one item moves the value by at most
+      "num_items": 100,                     # optional, quality only: one item moves the value by at most
                                             # 100/num_items points (bench.regression uses it; absent
                                             # in results written before it existed)
+      "ci_low": 35.0, "ci_high": 47.0,      # optional, quality: bootstrap interval (config statistics)
+      "chance": 4.9}                        # optional, quality: value of a random ranking / guess
   ],
+  "paired": [{"task", "dataset", "key", "best", "runner_up", "diff", "low", "high", "level",
+              "significant"}],             # optional: best of each quality row against the runner-up
+                                            # (paired bootstrap on the same queries; bench.significance)
   "details": {label: {"<task>/<dataset>": {...}}},   # arrays for plots: per-class accuracy, curves
   "timings": {label: {"<what>": seconds}},            # wall time of each step (embedding, probe, ...)
   "cache": {label: {dataset: "hit"|"miss"}},
@@ -65,8 +70,8 @@ from bench.io import write_json_atomic, write_text_atomic  # noqa: F401  (re-exp
 from bench.results_checks import METRIC_KINDS, SCHEMA_VERSION, check_results
 
 __all__ = ["METRIC_KINDS", "SCHEMA_VERSION", "Metric", "RunResult", "Environment", "DatasetSummary",
-           "EmbedderRecord", "TrainingRecord", "TrainingStep", "RetrievalCurves", "PerClass", "check_results",
-           "load_results", "as_result"]
+           "EmbedderRecord", "TrainingRecord", "TrainingStep", "Paired", "RetrievalCurves", "PerClass",
+           "check_results", "load_results", "as_result"]
 
 
 @dataclass
@@ -87,11 +92,20 @@ class Metric:
     # Quality only: the metric's resolution in evaluated items (test images, queries, ...): one item
     # changes the value by at most 100/num_items points. None: unknown (left out of the JSON).
     num_items: int | None = None
+    # Quality only (bench.significance), in the metric's unit: the bootstrap interval [ci_low, ci_high]
+    # at the config's statistics.level, and the expected value of a random ranking / guess. None:
+    # not computed (left out of the JSON; absent in results written before they existed).
+    ci_low: float | None = None
+    ci_high: float | None = None
+    chance: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        if d["num_items"] is None:
-            del d["num_items"]
+        for name in _OPTIONAL:
+            if d[name] is None:
+                del d[name]
+            elif name != "num_items":
+                d[name] = float(d[name])
         if d["value"] is not None:
             v = float(d["value"])
             # NaN/Infinity are not JSON numbers and would be refused by load_results: record n/a instead.
@@ -100,6 +114,28 @@ class Metric:
             else:
                 d["value"] = v
         return d
+
+
+_OPTIONAL = ("num_items", "ci_low", "ci_high", "chance")
+
+
+class Paired(BaseModel):
+    """A paired bootstrap of the best value of a table row against the runner-up on the same queries
+    (bench.significance): `diff` = best - runner_up, [low, high] its interval at `level`;
+    `significant` when the interval excludes 0 (else the two are a statistical tie)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    task: str
+    dataset: str
+    key: str
+    best: str
+    runner_up: str
+    diff: float
+    low: float
+    high: float
+    level: float
+    significant: bool
 
 
 class Record(BaseModel):
@@ -231,6 +267,7 @@ class RunResult(BaseModel):
     timings: dict[str, float | dict[str, float]] = Field(default_factory=dict)
     cache: dict[str, dict[str, str]] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
+    paired: list[Paired] = Field(default_factory=list)  # absent in older files: no marks
     complete: bool = True  # false: the run stopped; absent in a file: it finished
     error: str | None = None
     _path: str | None = PrivateAttr(default=None)
@@ -258,6 +295,8 @@ class RunResult(BaseModel):
             "metrics": [m.to_json() for m in self.metrics],
             "details": self.details, "timings": self.timings, "cache": self.cache, "notes": self.notes,
         }
+        if self.paired:
+            out["paired"] = [p.model_dump() for p in self.paired]
         out.update(self.model_extra or {})  # keys of a newer writer, kept
         out["complete"] = self.complete
         if self.error is not None:

@@ -79,6 +79,10 @@ def _check_metric(m: Any) -> str:
     v = m.get("value")
     if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)):
         return f"'value' must be a finite number or null, got {_show(v)}"
+    for name in ("ci_low", "ci_high", "chance"):  # optional (bench.significance)
+        x = m.get(name)
+        if x is not None and (not isinstance(x, (int, float)) or isinstance(x, bool) or not math.isfinite(x)):
+            return f"'{name}' must be a finite number or null, got {_show(x)}"
     if "higher_is_better" in m and not isinstance(m["higher_is_better"], bool):
         return f"'higher_is_better' must be true or false, got {_show(m['higher_is_better'])}"
     for name in ("unit", "protocol", "na_reason"):

@@ -18,11 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from bench import registry
+from bench import registry, significance
 from bench.cache import EmbeddingCache, cache_key
 from bench.config import Config, check_paths, resolved_dict
 from bench.embedders.base import Embedder, RuntimeOptions, check_finite, resolve_torch_dtype
 from bench.outputs import check_run_outputs
+from bench.run_dir import allocate_run_dir, record_failure
 from bench.io import write_json_atomic
 from bench.results import EmbedderRecord, RunResult
 from bench.tasks import MetricSpec, TaskInputs
@@ -108,6 +109,7 @@ class EmbedderRun:
 
             self.auto_batch = AutoBatchSize(ctx.auto_batch_start)
             ctx.cfg = _with_batch_size(ctx.cfg, ctx.auto_batch_start)
+        self.records: dict[tuple[str, str, str], Any] = {}  # (label, task, dataset) -> PerQuery
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -120,12 +122,20 @@ class EmbedderRun:
     def detail(self, key: str, value: Any) -> None:
         self.details[key] = value
 
+    def per_query(self, name: str, record: Any) -> None:
+        """Keep a task's per-query record ("<task>/<dataset>"), labelled with who and what made it."""
+        task, dataset = name.split("/", 1)
+        record.meta.update(embedder=self.label, task=task, dataset=dataset,
+                           embedder_fingerprint=short_hash(self.fingerprint),
+                           dataset_fingerprint=self.ctx.dataset(dataset).fingerprint())
+        self.records[(self.label, task, dataset)] = record
+
     def inputs(self) -> TaskInputs:
         """What a task may use: this embedder's embeddings, the datasets, timings, runtime options."""
         return TaskInputs(label=self.label, embedder=self.embedder, device=self.ctx.device,
                           runtime=self.ctx.cfg.runtime, dataset=self.ctx.dataset,
                           image_embeddings=self.image_embeddings, text_embeddings=self.text_embeddings,
-                          timed=self.timed, detail=self.detail)
+                          timed=self.timed, detail=self.detail, per_query=self.per_query)
 
     def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str, granule: int = 1):
         if (ds_name, modality) in self._emb:
@@ -316,41 +326,20 @@ def run_benchmark(cfg: Config, config_path: str | Path, *, use_cache: bool = Tru
         return done
     except BaseException as e:
         if not state["complete"]:  # a failure while rendering leaves complete results as they are
-            _record_failure(out_dir, made, state["finished"], e)
+            record_failure(out_dir, made, state["finished"], e, _log)
         raise
 
 
-def allocate_run_dir(output_dir: Path, base: str) -> tuple[str, Path]:
-    """Create <output_dir>/<base> exclusively, or <base>-2, -3, ... when taken (two runs of one
-    config in the same second); return (run id, folder). Exclusive mkdir: never shared by two runs."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    n = 1
-    while True:
-        run_id = base if n == 1 else f"{base}-{n}"
-        try:
-            (output_dir / run_id).mkdir()
-            return run_id, output_dir / run_id
-        except FileExistsError:
-            n += 1
-
-
-def _record_failure(out_dir: Path, made: bool, finished: int, exc: BaseException) -> None:
-    """A run that failed before any embedder finished leaves no folder behind (when it made it and it
-    is empty); one that failed later keeps results.json of the finished embedders, complete: false, and
-    the error in one line for `bench report` and `bench compare`."""
-    if not finished:
-        if made:
-            with contextlib.suppress(OSError):  # not empty (someone else's files): leave it
-                out_dir.rmdir()
+def _save_records(out_dir: Path, result: RunResult, records: dict, cfg: Config) -> None:
+    """per_query.npz beside results.json (written first: results.json never names a run whose
+    records are older than it); its meta ties it to this run and its models and data."""
+    if not records:
         return
-    lines = str(exc).strip().splitlines()
-    error = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    path = out_dir / "results.json"
-    with contextlib.suppress(OSError, ValueError):  # the failure may be the disk itself: the last write stays
-        write_json_atomic(path, {**json.loads(path.read_text()), "complete": False, "error": error[:500]})
-    _log(f"run failed after {finished} embedder(s) finished; their results are kept in {path} "
-         "(complete: false)")
+    meta = {"run_id": result.run_id, "benchmark": result.benchmark, "seed": cfg.runtime.seed,
+            "statistics": significance.bootstrap_kw(cfg.statistics),
+            "embedders": {k: e.fingerprint for k, e in result.embedders.items()},
+            "datasets": {k: d.fingerprint for k, d in result.datasets.items()}}
+    significance.save_records(out_dir / significance.RECORDS_FILE, records, meta)
 
 
 def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, device: str,
@@ -373,6 +362,7 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
     result.datasets = ctx.dataset_summary()
     _log(f"run {run_id} on {device}: {len(specs)} embedder(s), {len(cfg.tasks)} task(s) -> {out_dir}")
     t_run = time.perf_counter()
+    records: dict[tuple[str, str, str], Any] = {}
     # One-time imports are paid here, not by whichever embedder happens to load first (speed/load_s).
     for kind in dict.fromkeys(spec.type for spec in specs):
         registry.resolve("embedder", kind).preload()
@@ -398,19 +388,28 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
             random_weights=bool(cfg.synthetic or describe.get("random_weights")),
             **({"finetune": trained[label]} if label in trained else {}),
         )
+        metrics = []
         for task in cfg.tasks:
             _log(f"{label}: {task.type}")
             fn = registry.resolve("task", task.type)
-            result.metrics.extend(fn(erun.inputs(), task))
+            metrics.extend(fn(erun.inputs(), task))
+        records.update(erun.records)
+        with erun.timed("statistics"):  # intervals and chance levels from the per-query records
+            significance.annotate(metrics, erun.records, cfg.statistics)
+        result.metrics.extend(metrics)
         result.metrics.append(LOAD.record(label, "load", "-", load_s))
         result.details[label] = erun.details
         result.timings[label] = erun.timings
         result.cache[label] = erun.cache_status
         result.datasets = ctx.dataset_summary()
+        _save_records(out_dir, result, records, cfg)
         write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": False})
         state["finished"] += 1
         del embedder, erun
         gc.collect()
+    t0 = time.perf_counter()
+    result.paired = significance.paired_marks(result.metrics, records, cfg.statistics)
+    result.timings["_paired_s"] = round(time.perf_counter() - t0, 4)
     result.timings["_total_s"] = round(time.perf_counter() - t_run, 3)
     write_json_atomic(out_dir / "results.json", {**result.to_json(), "complete": True})
     state["complete"] = True

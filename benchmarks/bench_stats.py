@@ -3,7 +3,9 @@
   next to recall_at_k on the same inputs (target: ranks < 3x recall_at_k);
 - 95% intervals (1,000 resamples) of every retrieval measure, both directions (18 metrics), and the
   paired intervals of two embedders for the same 18 (target < 30 s each);
-- the .npz record size (target < 1 MB), and (info) mAP intervals for 5,000 images x 80 classes.
+- the .npz record size (target < 1 MB), and (info) mAP intervals for 5,000 images x 80 classes;
+- what a run pays through the wiring (bench.significance.annotate: intervals + chance on the Metric
+  records, then the per_query.npz written atomically): the default measures (6 recall@k) and all 18.
 Usage: python -m benchmarks.bench_stats [--quick]
 """
 
@@ -90,6 +92,8 @@ def main() -> None:
            f"random ranks; {size2 / 1024:.0f} KB for the noisy embedder "
            f"(i2t_recall@1 {retrieval_scores(ranks2, ['i2t_recall@1'])['i2t_recall@1']:.1f})")
 
+    _wiring(ranks2, keys)
+
     rng = np.random.default_rng(0)
     n, n_cls = (1000, 80) if quick else (5000, 80)
     labels = (rng.random((n, n_cls)) < 0.04).astype(np.uint8)
@@ -99,6 +103,33 @@ def main() -> None:
     t_map, c_map = time.perf_counter() - t, time.process_time() - c
     report(f"(info) mAP 95% CI, {n} images x {n_cls} classes, 1000 resamples (s)", t_map, "(info)", True,
            f"mAP {m.estimate:.1f} [{m.low:.1f}, {m.high:.1f}]; cpu {c_map:.1f} s")
+
+
+def _wiring(ranks, keys: list[str]) -> None:
+    """The run's own path: annotate the Metric records of one embedder, save its records."""
+    from bench import significance
+    from bench.metrics.ranking import retrieval_scores
+    from bench.metrics.records import retrieval_record
+    from bench.results import Metric
+
+    scores = retrieval_scores(ranks, keys)
+    rec = retrieval_record(ranks, embedder="e", task="retrieval", dataset="coco")
+    recall = [k for k in keys if "_recall@" in k and "true" not in k]
+    for name, ks in (("default measures (recall@1/5/10, both directions)", recall), ("all 18 measures", keys)):
+        metrics = [Metric("e", "retrieval", "coco", f"retrieval/{k}", scores[k], "%", True, "quality")
+                   for k in ks]
+        t, c = time.perf_counter(), time.process_time()
+        significance.annotate(metrics, {("e", "retrieval", "coco"): rec}, {"resamples": 1000, "seed": 0})
+        t_a, c_a = time.perf_counter() - t, time.process_time() - c
+        report(f"run wiring: intervals + chance of {len(ks)} metrics, {name} (s)", t_a, "< 30", t_a < 30,
+               f"cpu {c_a:.1f} s; {metrics[0].key} {metrics[0].value:.1f} [{metrics[0].ci_low:.1f}, "
+               f"{metrics[0].ci_high:.1f}], chance {metrics[0].chance:.3f}")
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        path = os.path.join(d, "per_query.npz")
+        size = significance.save_records(path, {("e", "retrieval", "coco"): rec}, {})
+        report("run wiring: per_query.npz of one retrieval task, atomic write (KB)", size / 1024, "< 1024",
+               size < 2**20, f"{time.perf_counter() - t:.2f} s")
 
 
 if __name__ == "__main__":

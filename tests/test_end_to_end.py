@@ -37,7 +37,8 @@ def _config(tmp: Path, synthetic_dir: Path, clip_dir: Path, phi_dir: Path) -> Pa
             {"type": "phi3v-lm", "model": str(phi_dir), "num_crops": 2},
         ],
         "tasks": [
-            {"type": "retrieval", "dataset": "caps"},
+            {"type": "retrieval", "dataset": "caps",
+             "measures": ["recall", "true_recall", "mrr", "ndcg", "median_rank"]},
             {"type": "linear_probe", "train": "fold_train", "test": "fold_test"},
             {"type": "linear_probe", "train": "obj_train", "test": "obj_test"},
             {"type": "zeroshot", "dataset": "fold_test", "templates": ["a {c}."]},
@@ -125,6 +126,45 @@ def test_second_run_reuses_cache_and_gives_same_quality(e2e_run):
     for k, rec in m1.items():
         if rec["kind"] == "quality" and rec["value"] is not None:
             assert m2[k]["value"] == pytest.approx(rec["value"], abs=1e-9), k
+
+
+def test_statistics_in_results_report_and_compare(e2e_run):
+    """Issue 15 end to end: per-query records, intervals containing the estimate, chance, the extra
+    retrieval measures, paired marks, the report's ± and chance column, and compare's paired rule."""
+    from bench import significance
+
+    _, _, first, second = e2e_run
+    data, m = _metrics(first)
+    records, meta = significance.load_records(first / "per_query.npz")
+    assert meta["run_id"] == data["run_id"] and meta["statistics"] == {"n_resamples": 1000, "seed": 0,
+                                                                       "level": 0.95}
+    assert meta["embedders"]["clip"] == data["embedders"]["clip"]["fingerprint"]
+    assert {("clip", "retrieval", "caps"), ("phi3v", "linear_probe", "fold_test"),
+            ("phi3v-lm", "linear_probe", "obj_test"), ("clip", "zeroshot", "fold_test")} <= set(records)
+    assert ("phi3v", "retrieval", "caps") not in records  # image-only: n/a, no record
+    quality = [r for r in m.values() if r["kind"] == "quality" and r["value"] is not None]
+    assert len(quality) > 30
+    for r in quality:
+        assert r["ci_low"] - 1e-9 <= r["value"] <= r["ci_high"] + 1e-9, r
+        assert r["chance"] is not None, r
+    for key in ("retrieval/i2t_true_recall@5", "retrieval/t2i_mrr", "retrieval/i2t_ndcg@10",
+                "retrieval/t2i_median_rank"):
+        assert m[("clip", "caps", key)]["value"] is not None, key
+    assert m[("clip", "caps", "retrieval/t2i_median_rank")]["higher_is_better"] is False
+    assert "nDCG@k" in m[("clip", "caps", "retrieval/i2t_ndcg@10")]["protocol"]
+    # text->image has one correct image: true recall equals hit recall there (ranking.py)
+    assert m[("clip", "caps", "retrieval/t2i_true_recall@5")]["value"] == \
+        pytest.approx(m[("clip", "caps", "retrieval/t2i_recall@5")]["value"])
+    assert data["paired"] and {p["task"] for p in data["paired"]} >= {"retrieval", "linear_probe", "zeroshot"}
+    md = (first / "report.md").read_text()
+    assert "±" in md and "| chance |" in md and "bootstrap interval" in md
+    r = subprocess.run([sys.executable, "-m", "bench", "compare", str(second), str(first), "--fail-on",
+                        "quality", "--show", "all"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    quality = [line for line in r.stdout.splitlines() if "| retrieval/" in line or "| probe/" in line
+               or "| zeroshot/" in line]
+    bad = [line for line in quality if not line.endswith("| unchanged (paired) |") and "| n/a |" not in line]
+    assert len(quality) > 30 and not bad, bad
 
 
 def test_cli_run_prints_report_path_last(e2e_run, tmp_path):

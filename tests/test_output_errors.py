@@ -182,7 +182,7 @@ def test_disk_full_while_writing_the_report(tmp_path, capsys, monkeypatch, synth
     errors = [ln for ln in lines if ln.startswith("bench: error:")]
     assert errors == [f"bench: error: cannot write {out / 'report.html'}: it is on a full disk (no space left on "
                       f"device); free some space, or write the outputs to another disk"]
-    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "report.md", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv", "per_query.npz", "report.md", "results.json"]
     assert json.loads((out / "results.json").read_text())["complete"] is True
 
 

@@ -85,7 +85,7 @@ def test_committed_demo_baseline_loads_and_writes_back_the_same_bytes(tmp_path):
 
 def test_keyword_names_of_the_records_are_kept():
     names = ["embedder", "task", "dataset", "key", "value", "unit", "higher_is_better", "kind", "protocol",
-             "na_reason", "num_items"]
+             "na_reason", "num_items", "ci_low", "ci_high", "chance"]
     import dataclasses
 
     assert [f.name for f in dataclasses.fields(Metric)] == names

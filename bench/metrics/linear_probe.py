@@ -61,10 +61,12 @@ _SCORE_DECIMALS = 6  # validation scores are compared rounded to this many decim
 @dataclass
 class ProbeResult:
     """`metrics`: top1, top5, mean_per_class_recall, best_C (single-label) or mAP, best_C
-    (multi-label); `details`: sweep, per-class numbers, split sizes, notes."""
+    (multi-label); `details`: sweep, per-class numbers, split sizes, notes; `test_scores`: the test
+    scores [n_test, C] behind the metrics."""
 
     metrics: dict[str, float]
     details: dict[str, Any] = field(default_factory=dict)
+    test_scores: np.ndarray | None = None  # [n_test, C] scores the metrics come from (per-query records)
 
 
 def _features(x: Any, name: str) -> np.ndarray:
@@ -359,10 +361,10 @@ def linear_probe(
         details["per_class_ap"] = per
         missing = np.flatnonzero(yall.max(0) == 0) if len(yall) else []
         details["classes_missing_from_train"] = [int(j) for j in missing]
-        return ProbeResult({"mAP": m, "best_C": best}, details)
+        return ProbeResult({"mAP": m, "best_C": best}, details, scores)
     tk = topk_metrics(scores, yte)
     details["per_class_accuracy"] = tk.pop("per_class_recall")
     details["top5_k"] = min(5, n_cls)
     seen = set(np.unique(yall).tolist())
     details["classes_missing_from_train"] = [j for j in range(n_cls) if j not in seen]
-    return ProbeResult({**tk, "best_C": best}, details)
+    return ProbeResult({**tk, "best_C": best}, details, scores)

@@ -17,6 +17,38 @@ from typing import Any
 
 import numpy as np
 
+
+@dataclass(frozen=True)
+class RetrievalRanks:
+    """Per-query outcomes of image<->text retrieval; 0-based ranks (0 = top), int32 numpy arrays.
+
+    - `text_to_image` [M]: the image that owns each caption.
+    - `i2t_first` [N]: for image query i, the rank of its best-ranked caption; -1 for an image with
+      no caption (not a query). Hit recall@k = share of queries with rank < k.
+    - `i2t_caption` [M]: for caption j, its rank in the ranking of its own image's query (all
+      captions of an image: true recall, nDCG). `i2t_first[i]` is the minimum over i's captions.
+    - `t2i` [M]: for caption query j, the rank of its image among all N images.
+
+    Ties are counted against the query (as in `recall_at_k`): at equal scores every negative is
+    placed before the positives, so the r-th best positive (0-based) of a query has rank
+    r + (number of negatives scoring >= it). Tied positives of one image take consecutive ranks in
+    caption-index order (which one gets which rank does not change any measure: relevance is binary).
+    """
+
+    text_to_image: Any
+    i2t_first: Any
+    i2t_caption: Any
+    t2i: Any
+
+    @property
+    def n_images(self) -> int:
+        return int(len(self.i2t_first))
+
+    @property
+    def n_captions(self) -> int:
+        return int(len(self.t2i))
+
+
 HIT_RECALL_PROTOCOL = (
     "recall@k, 'hit' definition (CLIP paper, CLIP_benchmark): a query hits at k when a correct item "
     "is in its top k; ties counted against the query; percent of queries")

@@ -45,7 +45,7 @@ def retrieval_record(ranks: Any, **meta: Any) -> PerQuery:
 
 
 def ranks_from_record(rec: PerQuery):
-    from bench.metrics.retrieval import RetrievalRanks
+    from bench.metrics.ranking import RetrievalRanks
 
     if rec.kind != "retrieval":
         raise ValueError(f"not a retrieval record: kind {rec.kind!r}")
@@ -85,9 +85,11 @@ def save_per_query(path: str | os.PathLike, records: dict[str, PerQuery],
         for key, arr in rec.arrays.items():
             out[f"{name}{_SEP}{key}"] = np.ascontiguousarray(arr)
     path = os.fspath(path)
-    np.savez_compressed(path, **out)
-    real = path if path.endswith(".npz") else path + ".npz"  # numpy appends the suffix
-    return os.path.getsize(real)
+    # Through a file object: numpy would append ".npz" to a name without it (e.g. the temporary
+    # name of bench.io.atomic_path); the file is written exactly at `path`.
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **out)
+    return os.path.getsize(path)
 
 
 def load_per_query(path: str | os.PathLike) -> tuple[dict[str, PerQuery], dict[str, Any]]:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from bench.metrics.ranking import RetrievalRanks  # noqa: F401  (defined torch-free, re-exported here)
 
 
 def _as_tensor(x: Any, name: str):
@@ -149,37 +150,6 @@ def _count_ge(scores, thr, dim: int, use_numpy: bool | None = None):
         # numpy compares and counts a boolean matrix ~4x faster than torch on CPU (measured, 2 cores)
         return torch.from_numpy((scores.numpy() >= t.numpy()).sum(dim))
     return (scores >= t).sum(dim)
-
-
-@dataclass(frozen=True)
-class RetrievalRanks:
-    """Per-query outcomes of image<->text retrieval; 0-based ranks (0 = top), int32 numpy arrays.
-
-    - `text_to_image` [M]: the image that owns each caption.
-    - `i2t_first` [N]: for image query i, the rank of its best-ranked caption; -1 for an image with
-      no caption (not a query). Hit recall@k = share of queries with rank < k.
-    - `i2t_caption` [M]: for caption j, its rank in the ranking of its own image's query (all
-      captions of an image: true recall, nDCG). `i2t_first[i]` is the minimum over i's captions.
-    - `t2i` [M]: for caption query j, the rank of its image among all N images.
-
-    Ties are counted against the query (as in `recall_at_k`): at equal scores every negative is
-    placed before the positives, so the r-th best positive (0-based) of a query has rank
-    r + (number of negatives scoring >= it). Tied positives of one image take consecutive ranks in
-    caption-index order (which one gets which rank does not change any measure: relevance is binary).
-    """
-
-    text_to_image: Any
-    i2t_first: Any
-    i2t_caption: Any
-    t2i: Any
-
-    @property
-    def n_images(self) -> int:
-        return int(len(self.i2t_first))
-
-    @property
-    def n_captions(self) -> int:
-        return int(len(self.t2i))
 
 
 def retrieval_ranks(image_emb: Any, text_emb: Any, text_to_image: Any,

@@ -72,6 +72,17 @@ def class_text_embeddings(
     return torch.nn.functional.normalize(emb, dim=-1).float()
 
 
+def class_scores(image_emb: Any, class_emb: Any) -> np.ndarray:
+    """Scores [N, C] = image . class embedding in float64: the matrix `zeroshot_classify` scores."""
+    img = _to_numpy(image_emb, "image_emb").astype(np.float64)
+    cls = _to_numpy(class_emb, "class_emb").astype(np.float64)
+    if img.ndim != 2 or cls.ndim != 2 or img.shape[1] != cls.shape[1]:
+        raise ValueError(
+            f"image_emb [N, D] and class_emb [C, D] must share D; got {img.shape} and {cls.shape}"
+        )
+    return img @ cls.T
+
+
 def zeroshot_classify(image_emb: Any, class_emb: Any, labels: Any, multilabel: bool = False) -> dict:
     """Score = image . class embedding, in float64.
 
@@ -80,16 +91,10 @@ def zeroshot_classify(image_emb: Any, class_emb: Any, labels: Any, multilabel: b
     [N, C]): mAP in percent over classes with >= 1 positive, plus `per_class_ap`. See `topk_metrics`
     for how ties and top5 with fewer than 5 classes are handled.
     """
-    img = _to_numpy(image_emb, "image_emb").astype(np.float64)
-    cls = _to_numpy(class_emb, "class_emb").astype(np.float64)
-    if img.ndim != 2 or cls.ndim != 2 or img.shape[1] != cls.shape[1]:
-        raise ValueError(
-            f"image_emb [N, D] and class_emb [C, D] must share D; got {img.shape} and {cls.shape}"
-        )
-    scores = img @ cls.T
+    scores = class_scores(image_emb, class_emb)
     labels = np.asarray(labels)
-    if len(labels) != len(img):
-        raise ValueError(f"{len(labels)} labels for {len(img)} images")
+    if len(labels) != len(scores):
+        raise ValueError(f"{len(labels)} labels for {len(scores)} images")
     if multilabel:
         m, per = mean_average_precision(labels, scores)
         return {"mAP": m, "per_class_ap": per}

@@ -14,7 +14,7 @@ from bench.io import write_text_atomic as _write_text_atomic
 from bench.results import RunResult, as_result
 
 CSV_COLUMNS = ["benchmark", "run_id", "created", "embedder", "task", "dataset", "key", "value", "unit",
-               "higher_is_better", "kind", "na_reason", "protocol"]
+               "higher_is_better", "kind", "na_reason", "protocol", "ci_low", "ci_high", "chance"]
 
 
 def metrics_frame(results: RunResult | dict[str, Any]):

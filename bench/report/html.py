@@ -10,7 +10,8 @@ from bench.report.finetune import finetune_html, synthetic_warning
 from bench.report.plots import Plot
 from bench.results import RunResult, as_result
 from bench.report.tables import (NOT_MEASURED, Tables, build_tables, dataset_rows,
-                                 embedder_rows, headline, protocols, run_facts)
+                                 embedder_rows, format_value, headline, protocols, run_facts,
+                                 statistics_legend)
 
 CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;
@@ -54,10 +55,18 @@ def metric_tables_html(tables: Tables) -> str:
                     cells.append(f'<td class="na" title="{escape(tables.notes[c.note - 1])}">n/a '
                                  f"<sup>[{c.note}]</sup></td>")
                 else:
-                    cells.append(f'<td class="best">{escape(c.text)}</td>' if c.best else f"<td>{escape(c.text)}</td>")
+                    title = f' title="interval [{c.ci[0]:.4g}, {c.ci[1]:.4g}]"' if c.ci else ""
+                    text = escape(c.text + c.mark)
+                    cls = ' class="best"' if c.best else ""
+                    cells.append(f"<td{cls}{title}>{text}</td>")
+            if section.has_chance:
+                chance = (format_value(row.chance, row.unit, with_unit=False) if row.chance is not None
+                          else NOT_MEASURED)
+                cells.append(f'<td class="na">{escape(chance)}</td>')
             rows.append(f'<tr><td class="k">{escape(row.key)}{unit} {arrow}</td>{"".join(cells)}</tr>')
-        parts.append(f'<h3>{escape(section.title)}</h3><table><tr><th class="k">metric</th>{head}</tr>'
-                     + "".join(rows) + "</table>")
+        chance_head = "<th>chance</th>" if section.has_chance else ""
+        parts.append(f'<h3>{escape(section.title)}</h3><table><tr><th class="k">metric</th>{head}'
+                     f"{chance_head}</tr>" + "".join(rows) + "</table>")
     if tables.notes:
         parts.append('<p class="muted">n/a: ' + "; ".join(f"[{i}] {escape(t)}" for i, t in enumerate(tables.notes, 1))
                      + "</p>")
@@ -86,7 +95,11 @@ def render_html(results: RunResult | dict[str, Any], plots: list[Plot]) -> str:
     body += ["<h2>Summary</h2>",
              '<p class="muted">One row per metric, one column per embedder; the best value of each row is '
              "highlighted (↑ higher is better, ↓ lower is better; "
-             f"{NOT_MEASURED} not measured; n/a: see the footnotes).</p>", metric_tables_html(tables)]
+             f"{NOT_MEASURED} not measured; n/a: see the footnotes).</p>"]
+    legend = statistics_legend(results)
+    if legend:
+        body.append(f'<p class="muted">{escape(legend)}</p>')
+    body.append(metric_tables_html(tables))
     section = finetune_html(results, _table)
     body += [section] if section else []
     if plots:

@@ -7,7 +7,8 @@ from typing import Any
 from bench.report.finetune import finetune_md, synthetic_warning
 from bench.results import RunResult, as_result
 from bench.report.tables import (NOT_MEASURED, Tables, build_tables, dataset_rows,
-                                 embedder_rows, headline, protocols, run_facts)
+                                 embedder_rows, format_value, headline, protocols, run_facts,
+                                 statistics_legend)
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -34,9 +35,12 @@ def metric_tables_md(tables: Tables) -> list[str]:
                 if c.note is not None:
                     cells.append(f"n/a [{c.note}]")
                 else:
-                    cells.append(f"**{c.text}**" if c.best else c.text)
-            body.append([f"{row.key}{unit} {arrow}", *cells])
-        lines += _md_table(["metric", *tables.embedders], body) + [""]
+                    cells.append(f"**{c.text}**{c.mark}" if c.best else c.text)
+            chance = [format_value(row.chance, row.unit, with_unit=False) if row.chance is not None
+                      else NOT_MEASURED] if section.has_chance else []
+            body.append([f"{row.key}{unit} {arrow}", *cells, *chance])
+        header = ["metric", *tables.embedders, *(["chance"] if section.has_chance else [])]
+        lines += _md_table(header, body) + [""]
     if tables.notes:
         lines += ["n/a:", ""] + [f"[{i}] {text}" for i, text in enumerate(tables.notes, 1)] + [""]
     return lines
@@ -54,6 +58,9 @@ def render_markdown(results: RunResult | dict[str, Any]) -> str:
                   + (f" Error: {results.error}" if results.error else ""), ""]
     lines += [f"Best value per row in **bold** (↑ higher is better, ↓ lower is better; {NOT_MEASURED} not measured).",
               ""]
+    legend = statistics_legend(results)
+    if legend:
+        lines += [legend, ""]
     lines += metric_tables_md(tables)
     lines += finetune_md(results, _md_table)
     lines += ["## Run", ""] + _md_table(["", ""], [[k, v] for k, v in run_facts(results)]) + [""]

@@ -43,10 +43,29 @@ def _color(labels: list[str], label: str) -> str:
     return _COLORS[labels.index(label) % len(_COLORS)] if label in labels else "#555555"
 
 
+def _intervals(results: RunResult) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(embedder, dataset, key) -> bootstrap interval, for the error bars."""
+    return {(m.embedder, m.dataset, m.key): (m.ci_low, m.ci_high) for m in results.metrics
+            if m.ci_low is not None and m.ci_high is not None}
+
+
+def _yerr(values: list[float], cis: list[tuple[float, float] | None]):
+    """matplotlib's asymmetric yerr [[below], [above]] (None when no value has an interval)."""
+    if not any(ci is not None for ci in cis):
+        return None
+    pairs = [(v, ci) if ci is not None and not math.isnan(v) else (0.0, (0.0, 0.0))
+             for v, ci in zip(values, cis)]
+    below = [max(v - ci[0], 0.0) for v, ci in pairs]
+    above = [max(ci[1] - v, 0.0) for v, ci in pairs]
+    return [below, above]
+
+
 def recall_curves(results: RunResult) -> list[Plot]:
-    """Recall@k against k, one panel per direction, one line per embedder, per retrieval dataset."""
+    """Recall@k against k, one panel per direction, one line per embedder, per retrieval dataset; error
+    bars: the bootstrap intervals."""
     labels = list(results.embedders)
     per_ds = results.curves()
+    ci = _intervals(results)
     plots = []
     plt = _plt()
     for ds, by_label in per_ds.items():
@@ -54,7 +73,9 @@ def recall_curves(results: RunResult) -> list[Plot]:
         for ax, direction, name in ((axes[0], "i2t", "image → text"), (axes[1], "t2i", "text → image")):
             for label, d in by_label.items():
                 ys = [math.nan if y is None else y for y in getattr(d, direction)]
-                ax.plot(d.ks, ys, marker="o", label=label, color=_color(labels, label))
+                err = _yerr(ys, [ci.get((label, ds, f"retrieval/{direction}_recall@{k:g}")) for k in d.ks])
+                ax.errorbar(d.ks, ys, yerr=err, marker="o", label=label, color=_color(labels, label),
+                            capsize=3)
             ax.set_title(name)
             ax.set_xlabel("k")
             ax.set_xscale("log")
@@ -68,13 +89,15 @@ def recall_curves(results: RunResult) -> list[Plot]:
     return plots
 
 
-def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]], labels: list[str]) -> None:
+def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]], labels: list[str],
+                  errors: dict[str, list[tuple[float, float] | None]] | None = None) -> None:
     n = max(len(series), 1)
     width = 0.8 / n
     for i, (label, values) in enumerate(series.items()):
         xs = [g + (i - (n - 1) / 2) * width for g in range(len(groups))]
         ys = [v if v is not None else 0.0 for v in values]
-        bars = ax.bar(xs, ys, width, label=label, color=_color(labels, label))
+        err = _yerr(ys, (errors or {}).get(label, [None] * len(ys)))
+        bars = ax.bar(xs, ys, width, label=label, color=_color(labels, label), yerr=err, capsize=3)
         for bar, v in zip(bars, values):
             if v is None:
                 ax.text(bar.get_x() + bar.get_width() / 2, 1, "n/a", ha="center", va="bottom", fontsize=7,
@@ -84,25 +107,30 @@ def _grouped_bars(ax, groups: list[str], series: dict[str, list[float | None]], 
 
 
 def accuracy_bars(results: RunResult) -> list[Plot]:
-    """Linear-probe and zero-shot headline accuracies, grouped by metric, one bar per embedder."""
+    """Linear-probe and zero-shot headline accuracies, grouped by metric, one bar per embedder; error
+    bars: the bootstrap intervals."""
     labels = list(results.embedders)
     wanted = ("probe/top1", "probe/mAP", "probe/mean_per_class_recall", "zeroshot/top1",
               "zeroshot/mean_per_class_recall")
     groups: list[str] = []
     values: dict[tuple[str, str], float | None] = {}
+    cis: dict[tuple[str, str], tuple[float, float]] = {}
     for m in results.metrics:
         if m.key in wanted:
             g = f"{m.key}\n{m.dataset}"
             if g not in groups:
                 groups.append(g)
             values[(g, m.embedder)] = m.value
+            if m.ci_low is not None and m.ci_high is not None:
+                cis[(g, m.embedder)] = (m.ci_low, m.ci_high)
     if not groups:
         return []
     used = [lb for lb in labels if any((g, lb) in values for g in groups)]
     series = {lb: [values.get((g, lb)) for g in groups] for lb in used}
+    errors = {lb: [cis.get((g, lb)) for g in groups] for lb in used}
     plt = _plt()
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(groups) + 2), 3.8))
-    _grouped_bars(ax, groups, series, labels)
+    _grouped_bars(ax, groups, series, labels, errors)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)

@@ -19,6 +19,7 @@ TASK_ORDER = ("retrieval", "linear_probe", "zeroshot", "speed", "load")
 SYNTHETIC_WARNING = ("These weights are random and tiny (generated checkpoints): the numbers below measure the "
                      "harness, not model quality. Do not read them as a comparison of CLIP and Phi-3-vision.")
 NOT_MEASURED = "—"  # no record at all for this embedder (unlike n/a, which has a reason)
+SIGNIFICANT, TIE = "*", "≈"  # marks on a best value: better than the runner-up / a statistical tie
 
 
 @dataclass
@@ -27,6 +28,8 @@ class Cell:
     value: float | None = None
     best: bool = False
     note: int | None = None  # footnote number of the n/a reason
+    ci: tuple[float, float] | None = None  # bootstrap interval (quality; bench.significance)
+    mark: str = ""  # on a best value: SIGNIFICANT or TIE against the runner-up (paired bootstrap)
 
 
 @dataclass
@@ -36,6 +39,7 @@ class Row:
     higher_is_better: bool
     kind: str
     cells: dict[str, Cell]
+    chance: float | None = None  # the value of a random ranking / guess (quality rows)
 
 
 @dataclass
@@ -43,6 +47,11 @@ class Section:
     task: str
     dataset: str
     rows: list[Row] = field(default_factory=list)
+
+    @property
+    def has_chance(self) -> bool:
+        """Quality sections state chance (a column; '—' where it is unknown)."""
+        return any(r.kind == "quality" for r in self.rows)
 
     @property
     def title(self) -> str:
@@ -75,6 +84,41 @@ def format_value(value: float | None, unit: str = "", with_unit: bool = True) ->
     return f"{text} {unit}" if with_unit and unit and unit != "%" else text
 
 
+def format_interval(value: float, low: float, high: float, unit: str = "") -> str:
+    """"62.40 ± 3.10" (± half the interval's width) when the interval is about symmetric around the
+    value (its two sides within 20% of each other, or both under the display precision), else
+    "2.00 [0.00, 5.00]": a percentile interval near 0 or 100 is lopsided, and ± would hide that."""
+    fmt = lambda x: format_value(x, unit, with_unit=False)  # noqa: E731
+    below, above = value - low, high - value
+    half = (high - low) / 2.0
+    if below >= 0 and above >= 0 and (abs(below - above) <= 0.2 * half or fmt(half) == fmt(0.0)):
+        return f"{fmt(value)} ± {fmt(half)}"
+    return f"{fmt(value)} [{fmt(low)}, {fmt(high)}]"
+
+
+def statistics_legend(results: RunResult) -> str:
+    """One sentence on the intervals, chance and marks of the tables ('' when the run has none)."""
+    has_ci = any(m.ci_low is not None for m in results.metrics)
+    has_chance = any(m.chance is not None for m in results.metrics)
+    if not (has_ci or has_chance or results.paired):
+        return ""
+    st = results.config.get("statistics") or {}
+    level = float(st.get("level", 0.95))
+    parts = []
+    if has_ci:
+        n = st.get("resamples", 1000)
+        parts.append(f"Quality values carry their {level:.0%} bootstrap interval ({n} "
+                     f"resamples of the test queries, seed {st.get('seed', 0)}): value ± half its width, or "
+                     "value [low, high] when it is lopsided")
+    if has_chance:
+        parts.append("chance: the value of a random ranking or guess")
+    if results.paired:
+        parts.append(f"{SIGNIFICANT} best value significantly better than the runner-up, {TIE} a tie with "
+                     f"it (paired bootstrap of the difference on the same queries: its {level:.0%} "
+                     "interval excludes 0, or not)")
+    return "; ".join(parts) + "."
+
+
 def embedder_labels(results: RunResult | dict[str, Any]) -> list[str]:
     """Embedders in config order, then any that only appear in metrics."""
     return as_result(results).embedder_labels()
@@ -96,6 +140,11 @@ def build_tables(results: RunResult | dict[str, Any]) -> Tables:
             rows[rkey] = Row(m.key, m.unit, m.higher_is_better, m.kind, {})
             sections[skey].rows.append(rows[rkey])
         cell = Cell(format_value(m.value, m.unit, with_unit=False), m.value)  # unit is in the row
+        if m.value is not None and m.ci_low is not None and m.ci_high is not None:
+            cell.ci = (m.ci_low, m.ci_high)
+            cell.text = format_interval(m.value, m.ci_low, m.ci_high, m.unit)
+        if m.chance is not None and rows[rkey].chance is None:
+            rows[rkey].chance = m.chance
         if m.value is None:
             reason = m.na_reason or "not computed"
             if reason not in notes:
@@ -111,6 +160,12 @@ def build_tables(results: RunResult | dict[str, Any]) -> Tables:
         best = max(values) if row.higher_is_better else min(values)
         for c in row.cells.values():
             c.best = c.value is not None and math.isclose(c.value, best, rel_tol=1e-9, abs_tol=1e-12)
+    for p in results.paired:
+        row = rows.get((p.task, p.dataset, p.key))
+        if row is not None and p.best in row.cells and row.cells[p.best].best:
+            for c in row.cells.values():
+                if c.best:
+                    c.mark = SIGNIFICANT if p.significant else TIE
     order = {t: i for i, t in enumerate(TASK_ORDER)}
     ordered = sorted(sections.values(), key=lambda s: (order.get(s.task, len(order)), s.dataset))
     return Tables(labels, ordered, notes)
@@ -179,8 +234,18 @@ def embedder_rows(results: RunResult) -> list[list[str]]:
 
 def protocols(results: RunResult) -> list[tuple[str, str]]:
     """(task, protocol text), one per task that has one."""
-    seen: dict[str, str] = {}
+    seen: dict[tuple[str, str], str] = {}  # (task, protocol) -> title; a task with several measures
+    tasks: set[str] = set()               # (retrieval: recall, MRR, ...) lists each protocol
     for m in results.metrics:
-        if m.protocol and m.task not in seen:
-            seen[m.task] = m.protocol
-    return [(TASK_TITLES.get(t, t), p) for t, p in seen.items()]
+        # quality: each measure's own protocol (retrieval recall, MRR, ...); other kinds: the task's first
+        if m.protocol and (m.task, m.protocol) not in seen and (m.kind == "quality" or m.task not in tasks):
+            title = TASK_TITLES.get(m.task, m.task)
+            seen[(m.task, m.protocol)] = title if m.task not in tasks else f"{title} ({_name(m.key)})"
+            tasks.add(m.task)
+    return [(title, p) for (_, p), title in seen.items()]
+
+
+def _name(key: str) -> str:
+    """'retrieval/t2i_ndcg@10' -> 'ndcg': the measure a protocol line is about."""
+    name = key.rsplit("/", 1)[-1].split("@", 1)[0]
+    return name.split("_", 1)[1] if name[:4] in ("i2t_", "t2i_") else name

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from bench.results import Metric
@@ -58,7 +58,9 @@ class TaskInputs:
     `text_embeddings(name)` give the embedder's vectors for it (through the cache); `timed(what)` adds
     the wall time of a block to the run's timings; `detail(key, value)` keeps arrays for the report.
     `runtime` is the config's runtime section (batch_size, num_workers, dtype, seed, ...); `device` is
-    resolved ("cpu", "cuda", "cuda:N").
+    resolved ("cpu", "cuda", "cuda:N"). `per_query(name, record)` keeps a quality task's per-query
+    outcomes (a bench.metrics.records.PerQuery, named "<task>/<dataset>" as its metrics' task and
+    dataset): the runner saves them in per_query.npz and derives intervals, chance and paired marks.
     """
 
     label: str
@@ -70,6 +72,7 @@ class TaskInputs:
     text_embeddings: Callable[[str], Any]
     timed: Callable[[str], AbstractContextManager]
     detail: Callable[[str, Any], None]
+    per_query: Callable[[str, Any], None] = field(default=lambda name, record: None)
 
 
 def num_items(key: str, labels: Any, multilabel: bool) -> int | None:
@@ -97,3 +100,15 @@ def num_items(key: str, labels: Any, multilabel: bool) -> int | None:
         counts = counts[counts > 0]
         return int(len(counts) * counts.min())
     return None
+
+
+def classification_records(scores: Any, labels: Any, num_classes: int, multilabel: bool) -> Any:
+    """The per-query record of a classification task from its test scores [N, C]: the true class's
+    rank and the prediction per test image (single-label), or labels and scores (multi-label, mAP)."""
+    from bench.metrics.ranking import class_ranks
+    from bench.metrics.records import classification_record, multilabel_record
+
+    if multilabel:
+        return multilabel_record(labels, scores)
+    true_rank, predicted = class_ranks(scores, labels)
+    return classification_record(true_rank, predicted, labels, num_classes)

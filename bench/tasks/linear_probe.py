@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from bench.params import Float, Int, TaskParams
 from bench.results import Metric
-from bench.tasks.base import MetricSpec, TaskInputs, num_items
+from bench.tasks.base import MetricSpec, TaskInputs, classification_records, num_items
 
 PROBE = MetricSpec(
     "probe/{name}", "%", True, "quality",  # name: top1, top5, mean_per_class_recall (single-label), mAP
@@ -45,6 +45,9 @@ def run(inputs: TaskInputs, task: LinearProbeParams) -> list[Metric]:
                            multilabel=train.multilabel, seed=inputs.runtime.seed,
                            val_fraction=task.val_fraction, max_iter=task.max_iter,
                            num_classes=len(train.class_names))
+    inputs.per_query(f"linear_probe/{task.test}",
+                     classification_records(res.test_scores, test.labels, len(train.class_names),
+                                            test.multilabel))
     details = dict(res.details)
     details["class_names"] = train.class_names
     inputs.detail(f"linear_probe/{task.test}", details)

@@ -1,4 +1,6 @@
-"""Cross-modal retrieval (image -> text, text -> image): recall@k on a captions dataset."""
+"""Cross-modal retrieval (image -> text, text -> image) on a captions dataset: hit recall@k by default;
+true recall@k, MRR, nDCG@10 and median rank on request (`measures`), each defined by name in
+bench.metrics.ranking. The per-query ranks are kept (`inputs.per_query`) for intervals and paired tests."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator
 
+from bench.metrics.ranking import MEASURES
 from bench.params import Int, TaskParams
 from bench.results import Metric
 from bench.tasks.base import MetricSpec, TaskInputs
@@ -15,7 +18,16 @@ RECALL = MetricSpec(
     "retrieval/{direction}_recall@{k}", "%", True, "quality",
     "recall@k, 'hit' definition (CLIP paper, CLIP_benchmark): a query hits at k when a correct item is in "
     "its top k; ties counted against the query")
-METRICS = (RECALL,)
+TRUE_RECALL = MetricSpec("retrieval/{direction}_true_recall@{k}", "%", True, "quality",
+                         MEASURES["true_recall"].protocol)
+MRR = MetricSpec("retrieval/{direction}_mrr", "%", True, "quality", MEASURES["mrr"].protocol)
+NDCG = MetricSpec("retrieval/{direction}_ndcg@{k}", "%", True, "quality", MEASURES["ndcg"].protocol)
+MEDIAN_RANK = MetricSpec("retrieval/{direction}_median_rank", "rank", False, "quality",
+                         MEASURES["median_rank"].protocol)
+METRICS = (RECALL, TRUE_RECALL, MRR, NDCG, MEDIAN_RANK)
+SPECS = {"recall": RECALL, "true_recall": TRUE_RECALL, "mrr": MRR, "ndcg": NDCG, "median_rank": MEDIAN_RANK}
+NDCG_K = 10  # nDCG@10: the main score of MIEB/mteb retrieval tasks
+Measure = Literal["recall", "true_recall", "mrr", "ndcg", "median_rank"]
 
 
 class RetrievalParams(TaskParams):
@@ -23,6 +35,9 @@ class RetrievalParams(TaskParams):
     dataset: str
     ks: list[Int(ge=1)] = [1, 5, 10]  # each must also be below the gallery size (check_data)
     chunk_size: Int(ge=1) = 512
+    # Which measures to report (bench.metrics.ranking.MEASURES); recall and true_recall at every k of
+    # `ks`, nDCG at 10. The default is the CLIP "hit" recall@k alone.
+    measures: list[Measure] = ["recall"]
     needs: ClassVar[frozenset[str]] = frozenset({"captions"})
 
     @field_validator("ks")
@@ -34,6 +49,22 @@ class RetrievalParams(TaskParams):
         if dup:
             raise ValueError(f"ks lists {dup[0]} twice: each k once")
         return v
+
+    @field_validator("measures")
+    @classmethod
+    def _measures(cls, v):
+        if not v:
+            raise ValueError("measures is empty: list at least one, e.g. [recall]")
+        dup = sorted({m for m in v if v.count(m) > 1})
+        if dup:
+            raise ValueError(f"measures lists {dup[0]} twice: each measure once")
+        return v
+
+    def keys(self) -> list[str]:
+        """Metric keys without the 'retrieval/' prefix, in report order (ranking.retrieval_keys)."""
+        from bench.metrics.ranking import retrieval_keys
+
+        return retrieval_keys(self.measures, self.ks, NDCG_K)
 
     def check_data(self, dataset: Callable[[str], Any], where: str) -> None:
         """Every k must be below the number of images. At k >= N, t2i recall@k is 100% whatever the
@@ -49,29 +80,49 @@ class RetrievalParams(TaskParams):
                               f"so recall@{k} would be 100% whatever the model; use ks below {n}")
 
 
+def _spec_fields(key: str) -> tuple[MetricSpec, dict[str, str]]:
+    from bench.metrics.ranking import parse_key
+
+    direction, measure, k = parse_key(key)
+    fields = {"direction": direction} if k is None else {"direction": direction, "k": str(k)}
+    return SPECS[measure.name], fields
+
+
 def run(inputs: TaskInputs, task: RetrievalParams) -> list[Metric]:
-    from bench.metrics.retrieval import recall_at_k
+    from bench.metrics.ranking import retrieval_scores
+    from bench.metrics.records import retrieval_record
+    from bench.metrics.retrieval import recall_from_ranks, retrieval_ranks
 
     label, emb = inputs.label, inputs.embedder
+    keys = task.keys()
     if not emb.supports_text:
         reason = f"'{emb.kind}' embeds images only: no text embeddings for cross-modal retrieval"
-        return [RECALL.na(label, "retrieval", task.dataset, reason, direction=d, k=k)
-                for d in ("i2t", "t2i") for k in task.ks]
+        out = []
+        for key in keys:
+            spec, fields = _spec_fields(key)
+            out.append(spec.na(label, "retrieval", task.dataset, reason, **fields))
+        return out
     ds = inputs.dataset(task.dataset)
     _, owner = ds.flat_captions()
     img = inputs.image_embeddings(task.dataset)
     txt = inputs.text_embeddings(task.dataset)
     with inputs.timed(f"retrieval/{task.dataset}"):
-        scores = recall_at_k(img, txt, owner, ks=tuple(task.ks), chunk_size=task.chunk_size)
+        # Same chunked score products as recall_at_k: recall_from_ranks gives its numbers exactly.
+        ranks = retrieval_ranks(img, txt, owner, chunk_size=task.chunk_size)
+        scores = recall_from_ranks(ranks, task.ks)
+        scores.update(retrieval_scores(ranks, [k for k in keys if k not in scores]))
+    inputs.per_query(f"retrieval/{task.dataset}", retrieval_record(ranks))
+    curves = recall_from_ranks(ranks, task.ks)
     inputs.detail(f"retrieval/{task.dataset}", {"ks": list(task.ks),
-                                               "i2t": [scores[f"i2t_recall@{k}"] for k in task.ks],
-                                               "t2i": [scores[f"t2i_recall@{k}"] for k in task.ks],
+                                               "i2t": [curves[f"i2t_recall@{k}"] for k in task.ks],
+                                               "t2i": [curves[f"t2i_recall@{k}"] for k in task.ks],
                                                "num_images": len(ds), "num_captions": len(owner)})
     # Queries: image->text counts the images that own a caption, text->image every caption.
     n_queries = {"i2t": len(set(int(i) for i in owner)), "t2i": len(owner)}
     out = []
-    for name, v in scores.items():
-        direction, k = name.split("_recall@")
-        out.append(RECALL.record(label, "retrieval", task.dataset, float(v), num_items=n_queries[direction],
-                                 direction=direction, k=k))
+    for key in keys:
+        spec, fields = _spec_fields(key)
+        # The item floor of bench.regression is in points of a percentage: not for a rank.
+        n = n_queries[fields["direction"]] if spec.unit == "%" else None
+        out.append(spec.record(label, "retrieval", task.dataset, float(scores[key]), num_items=n, **fields))
     return out

@@ -9,7 +9,7 @@ from pydantic import field_validator
 
 from bench.params import TaskParams
 from bench.results import Metric
-from bench.tasks.base import MetricSpec, TaskInputs, num_items
+from bench.tasks.base import MetricSpec, TaskInputs, classification_records, num_items
 
 ZEROSHOT = MetricSpec(
     "zeroshot/{name}", "%", True, "quality",  # name: top1, top5, mean_per_class_recall (single-label), mAP
@@ -60,7 +60,7 @@ class ZeroShotParams(TaskParams):
 
 def run(inputs: TaskInputs, task: ZeroShotParams) -> list[Metric]:
     from bench.embedders.base import check_finite
-    from bench.metrics.zeroshot import class_text_embeddings, zeroshot_classify
+    from bench.metrics.zeroshot import class_scores, class_text_embeddings, zeroshot_classify
 
     ds = inputs.dataset(task.dataset)
     emb = inputs.embedder
@@ -77,8 +77,11 @@ def run(inputs: TaskInputs, task: ZeroShotParams) -> list[Metric]:
 
     with inputs.timed(f"zeroshot/{task.dataset}"):
         class_emb = class_text_embeddings(embed_prompts, names, templates)
-        scores = zeroshot_classify(inputs.image_embeddings(task.dataset), class_emb, ds.labels,
-                                   multilabel=ds.multilabel)
+        image_emb = inputs.image_embeddings(task.dataset)
+        scores = zeroshot_classify(image_emb, class_emb, ds.labels, multilabel=ds.multilabel)
+    inputs.per_query(f"zeroshot/{task.dataset}",
+                     classification_records(class_scores(image_emb, class_emb), ds.labels,
+                                            len(ds.class_names), ds.multilabel))
     arrays = {k: v for k, v in scores.items() if not isinstance(v, float)}
     inputs.detail(f"zeroshot/{task.dataset}", {"class_names": ds.class_names, "templates": list(templates),
                                                "templates_from": templates_from,
