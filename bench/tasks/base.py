@@ -58,7 +58,8 @@ class TaskInputs:
     `text_embeddings(name)` give the embedder's vectors for it (through the cache); `timed(what)` adds
     the wall time of a block to the run's timings; `detail(key, value)` keeps arrays for the report.
     `runtime` is the config's runtime section (batch_size, num_workers, dtype, seed, ...); `device` is
-    resolved ("cpu", "cuda", "cuda:N").
+    resolved ("cpu", "cuda", "cuda:N"). `cache_dir` is the run's cache folder (None with the cache off),
+    for small per-model facts a task measures once (e.g. FLOPs per image).
     """
 
     label: str
@@ -70,6 +71,7 @@ class TaskInputs:
     text_embeddings: Callable[[str], Any]
     timed: Callable[[str], AbstractContextManager]
     detail: Callable[[str, Any], None]
+    cache_dir: Any = None
 
 
 def num_items(key: str, labels: Any, multilabel: bool) -> int | None:
