@@ -29,8 +29,8 @@ def _vision_flops_by_hand(cfg: dict) -> int:
     attention scores and the weighted sum (2 S^2 d), the MLP (2 d m per token); then the projection of
     the pooled token. Counted in multiply-adds, x2."""
     v = cfg["vision_config"]
-    d, m, layers, p, size = (v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"], v["patch_size"],
-                             v["image_size"])
+    d, m, layers = v["hidden_size"], v["intermediate_size"], v["num_hidden_layers"]
+    p, size = v["patch_size"], v["image_size"]
     patches = (size // p) ** 2
     s = patches + 1
     macs = patches * 3 * p * p * d
@@ -107,11 +107,13 @@ def test_published_peaks_are_dense_figures_by_part():
     assert fl.published_peak_tflops("NVIDIA L4", "bfloat16") == 121.0
     assert fl.published_peak_tflops("NVIDIA L40S", "bfloat16") == 362.0
     assert fl.published_peak_tflops("Tesla T4", "bfloat16") is None
-    assert fl.published_peak_tflops("Some GPU", "float32") is None and fl.published_peak_tflops(None, "x") is None
+    assert fl.published_peak_tflops("Some GPU", "float32") is None
+    assert fl.published_peak_tflops(None, "x") is None
     assert fl.achieved(None, 1e9) is None and fl.peak_fraction(50.0, 200.0) == 25.0
 
 
-def test_speed_task_reports_consistent_compute_efficiency(tmp_path, synthetic_dir, tiny_clip_dir, monkeypatch):
+def test_speed_task_reports_consistent_compute_efficiency(tmp_path, synthetic_dir, tiny_clip_dir,
+                                                          monkeypatch):
     from bench.config import load_config
     from bench.runner import run_benchmark
 
@@ -142,7 +144,8 @@ def test_speed_task_reports_consistent_compute_efficiency(tmp_path, synthetic_di
     assert m["speed/peak_fraction"]["value"] == pytest.approx(100 * model / 0.5, rel=1e-3)
     per_text = m["speed/gflop_per_text"]["value"]
     assert per_text > 0
-    assert m["speed/text_gflops"]["value"] == pytest.approx(m["speed/texts_per_s"]["value"] * per_text, rel=1e-3)
+    texts_per_s = m["speed/texts_per_s"]["value"]
+    assert m["speed/text_gflops"]["value"] == pytest.approx(texts_per_s * per_text, rel=1e-3)
     assert len(list((tmp_path / "cache" / "flops").glob("*.json"))) == 2  # image and text counts cached
     assert "gflop_per_image" in (run / "report.md").read_text()
     # flops: false turns it off

@@ -2,9 +2,9 @@
 
 FLOPs are what `torch.utils.flop_counter.FlopCounterMode` counts on one forward: the matmul family
 (mm, addmm, bmm, baddbmm), convolutions and scaled-dot-product attention (forward kernels; the CPU
-kernel added here, see count_flops), each as 2 x multiply-accumulates. Elementwise ops, norms, softmax, activations and data movement count zero,
-so the figure is the model's dense compute, the same convention as published model FLOPs (a ViT-B/32
-image is ~8.7 GFLOP). Counted once per embedder on one preprocessed batch (per item = total / batch
+kernel added here, see count_flops), each as 2 x multiply-accumulates. Elementwise ops, norms,
+softmax, activations and data movement count zero, so the figure is the model's dense compute, the
+convention of published model FLOPs (a ViT-B/32 image is ~8.7 GFLOP). Counted once per embedder on one preprocessed batch (per item = total / batch
 size) and cached on disk by the embedder's fingerprint: <cache_dir>/flops/<key>.json.
 
 Peak: the best time of a square matmul per dtype on the device (float32, bfloat16 where the device
@@ -72,7 +72,8 @@ def count_flops(fn: Callable[[], Any]) -> int:
 
     extra = {}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-    if cpu_sdpa is not None and hasattr(flop_counter, "sdpa_flop_count") and cpu_sdpa not in flop_counter.flop_registry:
+    known = flop_counter.flop_registry
+    if cpu_sdpa is not None and hasattr(flop_counter, "sdpa_flop_count") and cpu_sdpa not in known:
         extra[cpu_sdpa] = _cpu_sdpa_flops
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping=extra)
     with counter:
@@ -80,7 +81,8 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None, **kwargs: Any) -> int:
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: Any = None,
+                    **kwargs: Any) -> int:
     from torch.utils.flop_counter import sdpa_flop_count
 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
@@ -89,7 +91,8 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args: Any, out_shape: 
 def flops_key(embedder_fp: dict[str, Any], what: str) -> str:
     """Cache key: the embedder fingerprint (model files + every output-changing setting) and `what`
     (modality and the input the count was made on, e.g. the data fingerprint)."""
-    blob = json.dumps({"v": FLOPS_VERSION, "embedder": embedder_fp, "what": what}, sort_keys=True, default=str)
+    blob = json.dumps({"v": FLOPS_VERSION, "embedder": embedder_fp, "what": what}, sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -142,7 +145,8 @@ def matmul_peak(device: str, dtype: str, n: int | None = None, min_time_s: float
                            sync=device_sync(device), max_time_s=max(min_time_s * 4, 1.0))
     best = res.latency.min
     flops = 2.0 * n ** 3
-    return {"dtype": dtype, "n": n, "best_s": best, "gflops": flops / best / 1e9 if best > 0 else float("nan"),
+    return {"dtype": dtype, "n": n, "best_s": best,
+            "gflops": flops / best / 1e9 if best > 0 else float("nan"),
             "iterations": res.iterations, "tf32": bool(cuda and torch.backends.cuda.matmul.allow_tf32)}
 
 

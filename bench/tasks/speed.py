@@ -41,8 +41,9 @@ GFLOP_PER_TEXT = MetricSpec("speed/gflop_per_text", "GFLOP", False, "speed", _FL
 TEXT_GFLOPS = MetricSpec("speed/text_gflops", "GFLOP/s", True, "speed", "text/s x GFLOP/text; {setup}")
 TEXT_PEAK_FRACTION = MetricSpec("speed/text_peak_fraction", "%", True, "speed",
                                 "text GFLOP/s / measured {dtype} matmul peak; {setup}")
-METRICS = (IMAGES_PER_S, MODEL_IMAGES_PER_S, BATCH_LATENCY, COLD_BATCH, TEXTS_PER_S, PEAK_MEMORY, GFLOP_PER_IMAGE,
-           GFLOPS, MODEL_GFLOPS, PEAK_GFLOPS, PEAK_FRACTION, GFLOP_PER_TEXT, TEXT_GFLOPS, TEXT_PEAK_FRACTION)
+METRICS = (IMAGES_PER_S, MODEL_IMAGES_PER_S, BATCH_LATENCY, COLD_BATCH, TEXTS_PER_S, PEAK_MEMORY,
+           GFLOP_PER_IMAGE, GFLOPS, MODEL_GFLOPS, PEAK_GFLOPS, PEAK_FRACTION, GFLOP_PER_TEXT, TEXT_GFLOPS,
+           TEXT_PEAK_FRACTION)
 
 
 class SpeedParams(TaskParams):
@@ -127,9 +128,9 @@ def _efficiency(inputs: TaskInputs, ds, batches: list, texts: list[str] | None, 
 
     emb, cache_dir = inputs.embedder, inputs.cache_dir
     fp = emb.fingerprint()
-    per_image = fl.flops_per_item(lambda: emb.embed_image_batch(batches[0]), emb.batch_size_of(batches[0]),
-                                  fl.flops_key(fp, f"image:{ds.fingerprint()}:{emb.batch_size_of(batches[0])}"),
-                                  cache_dir)
+    n0 = emb.batch_size_of(batches[0])
+    per_image = fl.flops_per_item(lambda: emb.embed_image_batch(batches[0]), n0,
+                                  fl.flops_key(fp, f"image:{ds.fingerprint()}:{n0}"), cache_dir)
     dtype = str(getattr(emb, "_torch_dtype", None) or "float32").removeprefix("torch.")
     peak = fl.device_peak(inputs.device, dtype, hardware_fingerprint(device_info(inputs.device)), cache_dir)
     pub = peak.get("published_peak_tflops")
