@@ -24,7 +24,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--min-time", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    ap.add_argument("--dtypes", nargs="+", default=None, help="default: bench.metrics.flops.peak_dtypes")
     args = ap.parse_args()
 
     from statistics import median
@@ -37,6 +37,7 @@ def main() -> None:
     from bench.metrics import flops as fl
     from bench.metrics.speed import measure_loop
 
+    dtypes = args.dtypes or fl.peak_dtypes("cpu")
     n = args.batch * args.batches
     paths = sorted(jpeg_folder(n).glob("*.jpg"))[:n]
     model_dir = full_clip_b32()
@@ -44,7 +45,7 @@ def main() -> None:
     cap = torch.backends.cpu.get_cpu_capability()
     print(f"torch threads {torch.get_num_threads()}, cpu capability {cap}, "
           f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
-    for dtype in args.dtypes:
+    for dtype in dtypes:
         emb = ClipEmbedder(model=str(model_dir), runtime=RuntimeOptions(batch_size=args.batch, dtype=dtype))
         batches = [emb.collate([emb.preprocess(load_image(p)) for p in paths[i:i + args.batch]])
                    for i in range(0, n, args.batch)]
