@@ -135,7 +135,8 @@ class EmbedderRun:
         return TaskInputs(label=self.label, embedder=self.embedder, device=self.ctx.device,
                           runtime=self.ctx.cfg.runtime, dataset=self.ctx.dataset,
                           image_embeddings=self.image_embeddings, text_embeddings=self.text_embeddings,
-                          timed=self.timed, detail=self.detail, per_query=self.per_query)
+                          timed=self.timed, detail=self.detail, per_query=self.per_query,
+                          cache_dir=self.ctx.cfg.cache_dir if self.ctx.cache.enabled else None)
 
     def _cached(self, ds_name: str, modality: str, n: int, compute, unit: str, granule: int = 1):
         if (ds_name, modality) in self._emb:

@@ -294,7 +294,7 @@ def _speed_run(device: str, steps: list[str]):
                         dataset=lambda n: DS(), image_embeddings=no_embeddings, text_embeddings=no_embeddings,
                         timed=lambda key: contextlib.nullcontext(), detail=lambda key, value: None)
     task = SpeedParams(type="speed", dataset="d", batch_size=2, num_images=2, warmup_batches=1,
-                       min_iterations=2, min_time_s=0.0)
+                       min_iterations=2, min_time_s=0.0, flops=False)
     return inputs, task
 
 

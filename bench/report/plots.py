@@ -141,13 +141,15 @@ def accuracy_bars(results: RunResult) -> list[Plot]:
 
 
 def speed_memory(results: RunResult) -> list[Plot]:
-    """End-to-end images/s against peak memory, one point per embedder and speed dataset."""
+    """End-to-end images/s against peak memory, one point per embedder and speed dataset; a point's label
+    carries the model-only % of the device's matmul peak when the run measured it (speed/peak_fraction)."""
     labels = list(results.embedders)
     pts: dict[tuple[str, str], dict[str, float]] = {}
     for m in results.metrics:
         if m.value is None:
             continue
-        if m.key in ("speed/images_per_s", "memory/peak_allocated_mib", "memory/peak_rss_mib"):
+        if m.key in ("speed/images_per_s", "memory/peak_allocated_mib", "memory/peak_rss_mib",
+                     "speed/peak_fraction"):
             pts.setdefault((m.embedder, m.dataset), {})[m.key] = m.value
     pts = {k: v for k, v in pts.items() if "speed/images_per_s" in v
            and ("memory/peak_allocated_mib" in v or "memory/peak_rss_mib" in v)}
@@ -161,7 +163,9 @@ def speed_memory(results: RunResult) -> list[Plot]:
         if mem_key not in v:
             continue
         ax.scatter(v[mem_key], v["speed/images_per_s"], s=60, color=_color(labels, label), label=f"{label} ({ds})")
-        ax.annotate(label, (v[mem_key], v["speed/images_per_s"]), textcoords="offset points", xytext=(5, 5),
+        frac = v.get("speed/peak_fraction")
+        text = label if frac is None else f"{label}: {frac:.2g}% of peak"
+        ax.annotate(text, (v[mem_key], v["speed/images_per_s"]), textcoords="offset points", xytext=(5, 5),
                     fontsize=8)
     ax.set_xlabel("peak GPU memory allocated (MiB)" if gpu else "peak resident memory of the process (MiB)")
     ax.set_ylabel("images/s end to end")

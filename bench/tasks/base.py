@@ -61,6 +61,8 @@ class TaskInputs:
     resolved ("cpu", "cuda", "cuda:N"). `per_query(name, record)` keeps a quality task's per-query
     outcomes (a bench.metrics.records.PerQuery, named "<task>/<dataset>" as its metrics' task and
     dataset): the runner saves them in per_query.npz and derives intervals, chance and paired marks.
+    `cache_dir` is the run's cache folder (None with the cache off), for small per-model facts a task
+    measures once (e.g. FLOPs per image).
     """
 
     label: str
@@ -73,6 +75,7 @@ class TaskInputs:
     timed: Callable[[str], AbstractContextManager]
     detail: Callable[[str, Any], None]
     per_query: Callable[[str, Any], None] = field(default=lambda name, record: None)
+    cache_dir: Any = None
 
 
 def num_items(key: str, labels: Any, multilabel: bool) -> int | None:
