@@ -110,6 +110,7 @@ class EmbedderRun:
             self.auto_batch = AutoBatchSize(ctx.auto_batch_start)
             ctx.cfg = _with_batch_size(ctx.cfg, ctx.auto_batch_start)
         self.records: dict[tuple[str, str, str], Any] = {}  # (label, task, dataset) -> PerQuery
+        self.recipe: str | None = None  # a fine-tuned model's training fingerprint (record_fingerprint)
 
     @contextlib.contextmanager
     def timed(self, what: str):
@@ -122,11 +123,20 @@ class EmbedderRun:
     def detail(self, key: str, value: Any) -> None:
         self.details[key] = value
 
+    @property
+    def record_fingerprint(self) -> str:
+        """The model fingerprint results.json records (bench compare's identity): the embedder's, except for
+        a fine-tuned model, identified by its recipe (its weights differ in the last bits between CPUs)."""
+        if self.recipe is None:
+            return short_hash(self.fingerprint)
+        return short_hash({**{k: v for k, v in self.fingerprint.items() if k != "model_hash"},
+                           "finetune_recipe": self.recipe})
+
     def per_query(self, name: str, record: Any) -> None:
         """Keep a task's per-query record ("<task>/<dataset>"), labelled with who and what made it."""
         task, dataset = name.split("/", 1)
         record.meta.update(embedder=self.label, task=task, dataset=dataset,
-                           embedder_fingerprint=short_hash(self.fingerprint),
+                           embedder_fingerprint=self.record_fingerprint,
                            dataset_fingerprint=self.ctx.dataset(dataset).fingerprint())
         self.records[(self.label, task, dataset)] = record
 
@@ -350,6 +360,9 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
 
     specs = with_finetuned(cfg.embedders, finetuned)
     trained = {o.entry.name: training_record(o) for o in finetuned}
+    # A fine-tuned model is identified by its recipe (base model, data, hyper-parameters, training code
+    # version) in results.json: its weights differ in the last bits between CPUs (EmbedderRun).
+    recipes = {o.entry.name: o.fingerprint for o in finetuned}
 
     result = RunResult(benchmark=cfg.name, run_id=run_id, created=now.isoformat(timespec="seconds"),
                        config_path=str(config_path), config=resolved_dict(cfg), environment=capture(device),
@@ -375,6 +388,7 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
         embedder = build_embedder(spec, ctx)
         load_s = time.perf_counter() - t0
         erun = EmbedderRun(ctx, label, embedder)
+        erun.recipe = recipes.get(label)
         erun.timings["load"] = round(load_s, 4)
         if ctx.dist is not None and ctx.dist.enabled:  # all processes embed what the tasks need, now
             from bench.distributed import embed_together
@@ -384,7 +398,8 @@ def _run(cfg: Config, ctx: RunContext, config_path: str | Path, render: bool, de
             result.notes.append(_distributed_note(label, rec))
         describe = embedder.describe()
         result.embedders[label] = EmbedderRecord(
-            type=spec.type, fingerprint=short_hash(erun.fingerprint), fingerprint_detail=erun.fingerprint,
+            type=spec.type, fingerprint_detail=erun.fingerprint,
+            fingerprint=erun.record_fingerprint,
             describe=describe, modalities=sorted(embedder.modalities),
             random_weights=bool(cfg.synthetic or describe.get("random_weights")),
             **({"finetune": trained[label]} if label in trained else {}),

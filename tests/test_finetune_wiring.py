@@ -179,3 +179,21 @@ def test_finetune_command_only_and_reuse(runs, synthetic_dir, tiny_clip_dir, cap
     ckpt = out["first"][0]["embedders"]["clip-ft"]["finetune"]["checkpoint"]
     assert "clip-ft: reused (training fingerprint matches) -> " in capsys.readouterr().out
     assert Path(ckpt).is_dir()
+
+
+def test_a_finetuned_model_is_recorded_by_its_recipe_not_its_weight_bits():
+    """Weights trained on another CPU differ in the last bits (another model_hash); results.json
+    identifies a fine-tuned model by its training fingerprint so bench compare still checks it."""
+    from types import SimpleNamespace
+
+    from bench.runner import EmbedderRun
+
+    fp = EmbedderRun.record_fingerprint.fget
+    a = {"kind": "clip", "model_hash": "aaa", "dtype": "float32"}
+    b = {**a, "model_hash": "bbb"}
+    assert fp(SimpleNamespace(fingerprint=a, recipe="r1")) == fp(SimpleNamespace(fingerprint=b, recipe="r1"))
+    assert fp(SimpleNamespace(fingerprint=a, recipe="r1")) != fp(SimpleNamespace(fingerprint=a, recipe="r2"))
+    assert fp(SimpleNamespace(fingerprint=a, recipe=None)) != fp(SimpleNamespace(fingerprint=b, recipe=None))
+    # a runtime setting still separates them (bfloat16 vs float32 of the same recipe)
+    c = {**a, "dtype": "bfloat16"}
+    assert fp(SimpleNamespace(fingerprint=a, recipe="r1")) != fp(SimpleNamespace(fingerprint=c, recipe="r1"))
