@@ -224,6 +224,15 @@ _BLOB = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 _HASHED: dict[tuple, str] = {}
 
 
+
+def sha256_file(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (OSError to the caller)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 def hash_data_file(path: str | Path) -> str:
     """Content hash of a data file (parquet, arrow, tar shard): sha256 of all its bytes.
 
@@ -243,14 +252,10 @@ def hash_data_file(path: str | Path) -> str:
         raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
     if key not in _HASHED:
-        h = hashlib.sha256()
         try:
-            with open(path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            _HASHED[key] = sha256_file(path)
         except OSError as e:
             raise DataError(f"cannot read data file {path}: {e.strerror or e}") from None
-        _HASHED[key] = h.hexdigest()
     return _HASHED[key]
 
 

@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
+from bench.data.refs import sha256_file
 from bench.errors import ConfigError, DataError
 
 
 def _content_hash(path: Path, cache: dict[Path, str]) -> str:
     key = path.resolve()
     if key not in cache:
-        h = hashlib.sha256()
         try:
-            with open(key, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
+            cache[key] = sha256_file(key)
         except OSError as e:
             raise DataError(f"cannot read image {path} for the leakage check: {e}") from None
-        cache[key] = h.hexdigest()
     return cache[key]
 
 
