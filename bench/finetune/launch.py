@@ -9,6 +9,7 @@ of it: N processes train the same model as one (up to float rounding).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -134,9 +135,14 @@ def _spawn(job: dict[str, Any], out: Path, num_processes: int, progress: bool) -
         errors = [ln for ln in lines if ln.startswith("error: ")]
         if errors:
             raise ConfigError(errors[0][len("error: "):])
-        tail = " | ".join(lines[-5:])
+        log = out / "torchrun.log"  # the whole output of the processes, for the cause behind the tail
+        with contextlib.suppress(OSError):
+            log.write_text(proc.stdout, encoding="utf-8")
+        causes = [ln.strip() for ln in lines if "terminate called" in ln or "what():" in ln
+                  or "Error" in ln.split(":", 1)[0]][:2]
+        tail = " | ".join(causes + lines[-3:])
         raise BenchError(f"finetune '{job['params']['name']}': torchrun with {num_processes} processes "
-                         f"failed (exit {proc.returncode}): {tail}")
+                         f"failed (exit {proc.returncode}; full output in {log}): {tail}")
     if progress and proc.stdout:
         sys.stderr.write(proc.stdout)
     job_file.unlink(missing_ok=True)
