@@ -30,6 +30,16 @@ NDCG_K = 10  # nDCG@10: the main score of MIEB/mteb retrieval tasks
 Measure = Literal["recall", "true_recall", "mrr", "ndcg", "median_rank"]
 
 
+
+def _each_once(v: list, field: str, item: str, example: str) -> list:
+    """A non-empty list naming each item once (ks, measures)."""
+    if not v:
+        raise ValueError(f"{field} is empty: list at least one {item}, e.g. {example}")
+    dup = sorted({x for x in v if v.count(x) > 1})
+    if dup:
+        raise ValueError(f"{field} lists {dup[0]} twice: each {item} once")
+    return v
+
 class RetrievalParams(TaskParams):
     type: Literal["retrieval"]
     dataset: str
@@ -43,22 +53,12 @@ class RetrievalParams(TaskParams):
     @field_validator("ks")
     @classmethod
     def _ks(cls, v):
-        if not v:
-            raise ValueError("ks is empty: list at least one k, e.g. [1, 5, 10]")
-        dup = sorted({k for k in v if v.count(k) > 1})
-        if dup:
-            raise ValueError(f"ks lists {dup[0]} twice: each k once")
-        return v
+        return _each_once(v, "ks", "k", "[1, 5, 10]")
 
     @field_validator("measures")
     @classmethod
     def _measures(cls, v):
-        if not v:
-            raise ValueError("measures is empty: list at least one, e.g. [recall]")
-        dup = sorted({m for m in v if v.count(m) > 1})
-        if dup:
-            raise ValueError(f"measures lists {dup[0]} twice: each measure once")
-        return v
+        return _each_once(v, "measures", "measure", "[recall]")
 
     def keys(self) -> list[str]:
         """Metric keys without the 'retrieval/' prefix, in report order (ranking.retrieval_keys)."""
