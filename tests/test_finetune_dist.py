@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from test_finetune import _params as _ft_params, _weights
 
 
 @pytest.fixture(scope="module")
@@ -21,17 +22,7 @@ def train_set(synthetic_dir):
 
 
 def _params(**kw):
-    from bench.finetune.params import parse_params
-
-    base = dict(name="ft", base="clip", train="train", steps=3, batch_size=8, lr=1e-3, weight_decay=0.1,
-                warmup_steps=1, log_every=1, save_every=100, seed=1)
-    return parse_params({**base, **kw})
-
-
-def _weights(folder):
-    from safetensors.torch import load_file
-
-    return load_file(str(folder / "model.safetensors"))
+    return _ft_params(**{"seed": 1, **kw})
 
 
 def _assert_same_weights(a, b, atol):
