@@ -27,6 +27,10 @@ class Phi3VParams(EmbedderParams):
     type: Literal["phi3v"] = "phi3v"
     num_crops: Int(ge=1, le=64) | None = None  # None: the checkpoint's (Phi-3-vision 16, Phi-3.5-vision 4)
     pooling: Literal["mean", "global", "clip"] = "mean"
+    # peft LoRA/DoRA adapter (folder or hub id): its vision-tower modules are merged, those of the language
+    # model (which this embedder does not run) are skipped and counted in describe().
+    adapter: str | None = None
+    adapter_revision: str | None = None
 
     @classmethod
     def embed_model(cls) -> type[EmbedderParams]:
@@ -60,6 +64,11 @@ class Phi3VImageEmbedder(Embedder):
 
         self.ckpt = Phi3VCheckpoint(model, revision)
         self.model_dir = self.ckpt.folder
+        self.adapter = None
+        if self.params.adapter is not None:
+            from bench.models.phi3v.adapter import load_adapter
+
+            self.adapter = load_adapter(self.params.adapter, self.params.adapter_revision)
         pre = dict(self.ckpt.preprocessor_config or {})
         if num_crops is not None:
             pre["num_crops"] = num_crops
@@ -73,6 +82,8 @@ class Phi3VImageEmbedder(Embedder):
                 f"cannot load the image embedding of {self.model_dir} on {self.runtime.device} "
                 f"in {self.runtime.dtype}: {e}"
             ) from None
+        if self.adapter is not None:
+            self.adapter.apply(self.module)
         self.load_seconds = time.perf_counter() - start
         if self.runtime.compile:
             log.info("phi3v: runtime.compile is ignored (the number of crops varies per batch)")
@@ -87,7 +98,9 @@ class Phi3VImageEmbedder(Embedder):
         return int(self.module.image_dim_out if self.pooling == "clip" else self.module.hidden_size)
 
     def fingerprint(self) -> dict[str, Any]:
+        adapter = {"adapter": self.adapter.identity()} if self.adapter is not None else {}
         return {
+            **adapter,
             "kind": self.kind,
             "model_hash": self.ckpt.hash(),
             "revision": self.revision,
@@ -116,6 +129,7 @@ class Phi3VImageEmbedder(Embedder):
             "load_seconds": round(self.load_seconds, 2),
             "dtype": self.runtime.dtype,
             "device": self.runtime.device,
+            **({"adapter": self.adapter.describe()} if self.adapter is not None else {}),
         }
 
     # ---- images -------------------------------------------------------------------------

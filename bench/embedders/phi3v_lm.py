@@ -48,6 +48,8 @@ class Phi3VLMParams(EmbedderParams):
     template: Literal["vlm2vec", "e5v", "custom"] = "vlm2vec"
     image_prompt: str | None = None  # overrides the template's
     text_prompt: str | None = None
+    adapter: str | None = None  # peft LoRA/DoRA adapter (folder or hub id), merged at load
+    adapter_revision: str | None = None
 
     @model_validator(mode="after")
     def _check_prompts(self):
@@ -95,8 +97,14 @@ class Phi3VLMEmbedder(Embedder):
         from bench.models.phi3v.processor import Phi3VImageProcessor
         from bench.models.phi3v.tokenizer import load_tokenizer, special_ids
 
-        # Tokenizer first: a missing tokenizer should fail before gigabytes of weights are read.
+        # Tokenizer and adapter first: a missing tokenizer or a refused adapter should fail before gigabytes
+        # of weights are read.
         self.tokenizer = load_tokenizer(self.model_dir)
+        self.adapter = None
+        if self.params.adapter is not None:
+            from bench.models.phi3v.adapter import load_adapter
+
+            self.adapter = load_adapter(self.params.adapter, self.params.adapter_revision)
         self.ckpt = Phi3VCheckpoint(self.model_dir)
         self.bos_id, self.pad_id = special_ids(self.tokenizer, self.ckpt.config)
         vocab = int(self.ckpt.config.get("vocab_size", 0))
@@ -119,6 +127,8 @@ class Phi3VLMEmbedder(Embedder):
         except torch_oom_errors() as e:
             raise ModelError(f"out of memory loading {self.model_dir} in {self.runtime.dtype} on "
                              f"{self.runtime.device}: {e}; try runtime.dtype bfloat16 or a larger device") from None
+        if self.adapter is not None:
+            self.adapter.apply(self.model)
         self.load_seconds = time.perf_counter() - start
         self.weight_bytes = param_bytes(self.model)
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
@@ -139,7 +149,9 @@ class Phi3VLMEmbedder(Embedder):
     def fingerprint(self) -> dict[str, Any]:
         if self._model_hash is None:
             self._model_hash = hash_model_files(self.model_dir)
+        adapter = {"adapter": self.adapter.identity()} if self.adapter is not None else {}
         return {
+            **adapter,
             "kind": self.kind,
             "model_hash": self._model_hash,
             "revision": self.revision,
@@ -173,6 +185,7 @@ class Phi3VLMEmbedder(Embedder):
             "load_seconds": round(self.load_seconds, 2),
             "dtype": self.runtime.dtype,
             "device": self.runtime.device,
+            **({"adapter": self.adapter.describe()} if self.adapter is not None else {}),
         }
 
     # ---- images -------------------------------------------------------------------------

@@ -37,6 +37,10 @@ class _Inner(nn.Module):
 class Phi3VCausalLMView(nn.Module):
     """Holds `model` (an `_Inner`); no forward of its own: the native modules are run as they are."""
 
+    # What transformers (and peft through it) reads off a model to scope weight conversions of nested
+    # pretrained modules (the CLIP tower); Phi3VForCausalLM's own value.
+    base_model_prefix = "model"
+
     def __init__(self, lm: nn.Module | None, image_embed: nn.Module | None, config: Any = None) -> None:
         super().__init__()
         self.model = _Inner(lm, image_embed)
