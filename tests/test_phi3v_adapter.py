@@ -317,3 +317,35 @@ def test_cli_embed_with_adapter(tiny_phi3v_dir, dora_dir, tmp_path):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "peft_type 'LOHA' is not supported" in lines[0]
+
+
+# ---- VLM2Vec-Full layout ------------------------------------------------------------------------------
+def test_vlm2vec_full_layout_loads_and_embeds(tiny_phi3v_dir, tmp_path, base):
+    from safetensors.torch import load_file, save_file
+
+    from bench.demo.tiny_vlm2vec import make_tiny_vlm2vec_full
+    from bench.embedders.phi3v import Phi3VImageEmbedder
+
+    full = make_tiny_vlm2vec_full(tmp_path / "full", tiny_phi3v_dir)
+    index = json.loads((full / "model.safetensors.index.json").read_text())["weight_map"]
+    assert "lm_head.weight" in index and len(set(index.values())) == 2
+    assert json.loads((full / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    # the same values in bench's other layout: one float32 model.safetensors, no index, no VLM2Vec keys
+    same = tmp_path / "same"
+    same.mkdir()
+    tensors = {}
+    for shard in sorted(set(index.values())):
+        tensors.update(load_file(str(full / shard)))
+    assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    save_file({k: v.float() for k, v in tensors.items()}, str(same / "model.safetensors"))
+    for name in ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json"):
+        shutil.copy(tiny_phi3v_dir / name, same / name)
+    got, ref = _embed(_lm(full)), _embed(_lm(same))
+    for g, r, b in zip(got, ref, base[1]):
+        assert (g - r).abs().max() < 1e-6
+        assert (g - b).abs().max() > 1e-3  # the "fine-tuned" weights are not the base's
+    image = Phi3VImageEmbedder(str(full))
+    assert image.num_crops == 16  # VLM2Vec's processor file; VLM2Vec itself evaluates with num_crops 4
+    vecs = _embed(Phi3VImageEmbedder(str(full), num_crops=2), texts=False)
+    assert vecs.shape == (2, 64) and torch.isfinite(vecs).all()

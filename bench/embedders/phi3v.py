@@ -7,6 +7,8 @@ tensors, for export). Pooled vectors are L2-normalized float32 on CPU.
 
 Only the vision tensors of the checkpoint are read (bench.models.phi3v.checkpoint). The crops of all
 images of a batch go through CLIP in one call; zero padding crops are dropped in `collate`.
+`adapter:` merges the vision-tower modules of a peft LoRA/DoRA adapter (bench.models.phi3v.adapter); its
+language-model modules are skipped and counted in describe(), and an adapter with none is refused.
 dtype: the one rule of bench.embedders.base.resolve_torch_dtype (float16 on CUDA only).
 """
 

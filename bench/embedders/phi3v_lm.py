@@ -15,6 +15,11 @@ dot product). Built-in templates:
 Batches are right-padded; with causal attention a batch gives the same vectors as one input at a
 time (rows beyond longrope's `original_max_position_embeddings` are run apart, see lm.py).
 
+Fine-tuned models: a full fine-tune in the hub layout (VLM2Vec's `TIGER-Lab/VLM2Vec-Full`, see
+bench.demo.tiny_vlm2vec) is a `model:`; `adapter:` (folder or hub id, `adapter_revision:`) merges a peft
+LoRA/rsLoRA/DoRA adapter (VLM2Vec-LoRA on microsoft/Phi-3.5-vision-instruct) into the loaded weights
+(bench.models.phi3v.adapter); its identity enters the fingerprint.
+
 dtype (runtime.dtype): float32 (default), bfloat16 on CPU or CUDA (halves memory, changes the
 numbers at the ~1e-2 level; on CPUs without bf16 matrix units it is slower), float16 on CUDA only.
 """
