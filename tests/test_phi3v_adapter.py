@@ -99,18 +99,22 @@ def base(tiny_phi3v_dir):
     return emb, _embed(emb)
 
 
-@pytest.mark.parametrize("kind", ["lora", "rslora", "dora"])
+@pytest.mark.parametrize("kind", ["lora", "rslora", "dora", "patterns"])
 def test_merged_adapter_equals_unmerged_peft(tiny_phi3v_dir, tmp_path, base, kind):
     ref_emb = _lm(tiny_phi3v_dir)
     settings = {
         "lora": {},
         "rslora": {"use_rslora": True, "r": 8, "lora_alpha": 4},
         "dora": {"use_dora": True},
+        # per-module rank and alpha, and a regex string for target_modules
+        "patterns": {"use_dora": True, "rank_pattern": {"qkv_proj": 2, r"layers\.1\.mlp\.down_proj": 6},
+                     "alpha_pattern": {"gate_up_proj": 20},
+                     "target_modules": r".*\.(qkv_proj|o_proj|gate_up_proj|down_proj|[qkv]_proj|out_proj)"},
     }[kind]
     folder = make_adapter(ref_emb.model, tmp_path / kind, **settings)
     ref = _embed(ref_emb)  # peft's layers, unmerged, inside the native model
-    keys = json.loads((folder / "adapter_config.json").read_text())
-    assert keys["use_dora"] is (kind == "dora")
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    assert saved["use_dora"] is (kind in ("dora", "patterns"))
     merged = _lm(tiny_phi3v_dir, adapter=folder)
     got = _embed(merged)
     for g, r, b in zip(got, ref, base[1]):
@@ -120,7 +124,7 @@ def test_merged_adapter_equals_unmerged_peft(tiny_phi3v_dir, tmp_path, base, kin
     n_lm = 2 * 4  # 2 layers x qkv, o, gate_up, down
     n_vision = 3 * 4  # 3 tower layers x q, k, v, out (incl. the last layer, never read)
     assert info["modules_merged"] == {"language_model": n_lm, "vision": n_vision}
-    assert info["kind"].startswith("DoRA" if kind == "dora" else "LoRA")
+    assert info["kind"].startswith("DoRA" if saved["use_dora"] else "LoRA")
     assert ("rsLoRA" in info["kind"]) is (kind == "rslora")
 
 
@@ -349,3 +353,20 @@ def test_vlm2vec_full_layout_loads_and_embeds(tiny_phi3v_dir, tmp_path, base):
     assert image.num_crops == 16  # VLM2Vec's processor file; VLM2Vec itself evaluates with num_crops 4
     vecs = _embed(Phi3VImageEmbedder(str(full), num_crops=2), texts=False)
     assert vecs.shape == (2, 64) and torch.isfinite(vecs).all()
+
+
+def test_hub_id_from_local_cache_with_revision(tiny_phi3v_dir, dora_dir, tmp_path, monkeypatch):
+    from bench.models.phi3v.adapter import load_adapter
+
+    cache = tmp_path / "hub"
+    repo = cache / "models--TIGER-Lab--VLM2Vec-LoRA"
+    sha = "a" * 40
+    shutil.copytree(dora_dir, repo / "snapshots" / sha)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    adapter = load_adapter("TIGER-Lab/VLM2Vec-LoRA")
+    assert adapter.folder == (repo / "snapshots" / sha).resolve() and adapter.kind == "DoRA"
+    assert load_adapter("TIGER-Lab/VLM2Vec-LoRA", revision=sha).file_hash == adapter.file_hash
+    with pytest.raises(ModelError, match="v9"):
+        load_adapter("TIGER-Lab/VLM2Vec-LoRA", revision="v9")
