@@ -120,8 +120,10 @@ def _val_loss(acc, model, unwrapped, val, plan_batch: int, device) -> float | No
     return sum(losses) / len(losses)
 
 
-def run_job(job: dict[str, Any], progress: bool = False) -> dict[str, Any] | None:
-    """Train one job in this process (rank r of W under torchrun). Returns the record on the main process."""
+def run_job(job: dict[str, Any], progress: bool = False,
+            keep: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Train one job in this process (rank r of W under torchrun). Returns the record on the main process.
+    keep (tests, phi3v-lm jobs): receives the trained model (bench.finetune.phi3v_train.run)."""
     import torch
 
     params = parse_params(job["params"])
@@ -129,6 +131,10 @@ def run_job(job: dict[str, Any], progress: bool = False) -> dict[str, Any] | Non
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     try:
+        if params.is_phi3v:  # a phi3v-lm base: a peft adapter, VLM2Vec's recipe
+            from bench.finetune.phi3v_train import run
+
+            return run(job, params, progress, keep)
         return _run(job, params, progress)
     finally:
         torch.set_num_threads(threads)
