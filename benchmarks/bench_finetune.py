@@ -10,8 +10,20 @@ vitb32 One optimizer step (forward, symmetric InfoNCE, backward, AdamW) of full-
        (random init, transformers' CLIPConfig defaults = openai/clip-vit-base-patch32's shapes) at batch
        32 (224x224 images, 77-token texts) on this CPU: s/step (median of the steps after a first,
        untimed one that allocates the optimizer state) and peak RSS of the process (ru_maxrss).
+phi3v  One training step of the phi3v-lm recipe (bench.finetune.phi3v: DoRA r 16 alpha 64 dropout 0.1 on
+       VLM2Vec's eight target names, so the language model and the CLIP tower both get an adapter; last-token
+       pooling, InfoNCE at temperature 0.02, AdamW) at full Phi-3-vision width (hidden 3072, intermediate
+       8192, 32 heads, vocab 32064, the full CLIP ViT-L/14-336 tower: benchmarks.bench_phi3v_lm's random
+       checkpoint writer), batch 8 pairs (336x336 images, so num_crops 1 = 2 crops of 336 each and 313
+       image tokens; ~20-token captions), float32, whole batch vs GradCache chunks (--chunk). Each
+       configuration runs in a fresh process (its own peak RSS, ru_maxrss) with 1 and with 2 decoder layers;
+       the 32-layer figures are scaled linearly from the two:
+           value(32) = value(1) + 31 * (value(2) - value(1))
+       (decoder layers are identical and run one after another; time, weights, adapter, optimizer state
+       and saved activations each grow by one layer's worth per layer).
 
-Usage: .venv/bin/python -m benchmarks.bench_finetune [--part demo|vitb32|all] [--threads N] [--steps 3]
+Usage: .venv/bin/python -m benchmarks.bench_finetune [--part demo|vitb32|phi3v|all] [--threads N] [--steps 3]
+       .venv/bin/python -m benchmarks.bench_finetune --part phi3v [--batch 8 --chunk 2 --num-crops 1]
 """
 
 from __future__ import annotations
@@ -110,16 +122,123 @@ def vitb32(threads: int | None, steps: int) -> None:
     report("finetune ViT-B/32 batch 32 peak RSS MB", rss, "(info)", True, "ru_maxrss of the process")
 
 
+def phi3v_step(folder: Path, batch: int, chunk: int | None, num_crops: int) -> dict:
+    """One training step in this process (the child of `phi3v`): seconds and peak RSS."""
+    import math
+    import resource
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from bench.embedders.phi3v_lm import TEMPLATES
+    from bench.finetune.params import LoraParams
+    from bench.finetune.phi3v import Phi3VPairTransform, apply_lora, contrastive_step
+    from bench.finetune.phi3v_train import load_base
+    from bench.finetune.train import param_groups
+
+    settings = {"image_prompt": TEMPLATES["vlm2vec"]["image"], "text_prompt": TEMPLATES["vlm2vec"]["text"],
+                "num_crops": num_crops}
+    t = time.perf_counter()
+    model, encoder = load_base(folder, settings)
+    load_s = time.perf_counter() - t
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.manual_seed(0)
+    peft_model = apply_lora(model, LoraParams())
+    model.train()
+    opt = torch.optim.AdamW(param_groups(peft_model, 0.0), lr=2e-5)
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8), "RGB") for _ in range(batch)]
+    colours, shapes = ["red", "blue", "green", "yellow"], ["circle", "square", "star", "cross"]
+    captions = [f"a {colours[i % 4]} {shapes[(i // 4) % 4]} on the left of a simple drawing with a white "
+                f"background" for i in range(batch)]
+    tf = Phi3VPairTransform(encoder)
+    tf.epoch = None
+    pairs = tf({"image": images, "captions": [[c] for c in captions], "idx": list(range(batch))})
+    scale = torch.tensor(math.log(1 / 0.02))
+    t = time.perf_counter()
+    loss = contrastive_step(encoder, pairs, scale, chunk)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    step_s = time.perf_counter() - t
+    layer = model.model.layers[0]
+    return {"layers": int(model.config.num_hidden_layers), "batch": batch, "chunk": chunk,
+            "image_tokens": int(pairs["images"][0]["num_img_tokens"]), "step_s": round(step_s, 2),
+            "loss": round(float(loss), 4), "load_s": round(load_s, 1), "peak_rss_after_load_mb": round(rss_loaded),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+            "threads": torch.get_num_threads(),
+            "trainable_params": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
+            "one_layer_params": sum(p.numel() for p in layer.parameters())}
+
+
+def phi3v(batch: int, chunks: list[int | None], num_crops: int, workdir: Path, threads: int | None) -> None:
+    """Runs phi3v_step in fresh processes: for each chunking, 1 and 2 decoder layers; scaled to 32."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.bench_phi3v_lm import write_checkpoint
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    for layers in (1, 2):
+        folder = workdir / f"layers{layers}"
+        if not (folder / "_done").is_file():
+            write_checkpoint(folder, layers)
+    for chunk in chunks:
+        got = {}
+        for layers in (1, 2):
+            cmd = [sys.executable, "-m", "benchmarks.bench_finetune", "--phi3v-child", str(workdir / f"layers{layers}"),
+                   "--batch", str(batch), "--num-crops", str(num_crops)] + (["--chunk", str(chunk)] if chunk else [])
+            out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if out.returncode:
+                print(f"chunk {chunk} layers {layers} failed (exit {out.returncode}): {out.stderr[-1500:]}",
+                      file=sys.stderr)
+                break
+            got[layers] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(json.dumps(got[layers]), flush=True)
+        if len(got) < 2:
+            continue
+        how = f"GradCache chunks of {chunk}" if chunk else "whole batch"
+        one, two = got[1], got[2]
+        rule = "value(1 layer) + 31 * (value(2) - value(1))"
+        for key, name, unit in (("step_s", "s/step", "s"), ("peak_rss_mb", "peak RSS MiB", "MiB")):
+            scaled = one[key] + 31 * (two[key] - one[key])
+            report(f"finetune phi3v-lm LoRA batch {batch} {how} {name}, 32 layers (scaled)", scaled, "(info)", True,
+                   f"measured {one[key]} {unit} (1 layer), {two[key]} {unit} (2 layers); {rule}; float32, "
+                   f"{one['threads']} threads, {one['image_tokens']} image tokens/image (num_crops {num_crops}), "
+                   f"DoRA r16 on VLM2Vec targets")
+
+
 def main() -> None:
+    import sys
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("demo", "vitb32", "all"), default="all")
+    ap.add_argument("--part", choices=("demo", "vitb32", "phi3v", "all"), default="all")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--steps", type=int, default=3, help="timed ViT-B/32 steps after the first")
+    ap.add_argument("--batch", type=int, default=8, help="phi3v: pairs per step")
+    ap.add_argument("--chunk", type=int, default=None, help="phi3v child: GradCache chunk (none: whole batch)")
+    ap.add_argument("--chunks", default="none,2", help="phi3v: chunkings to measure, e.g. none,2")
+    ap.add_argument("--num-crops", type=int, default=1, help="phi3v: Phi-3-V num_crops (1: 2 crops per image)")
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_phi3v_lm"), help="phi3v: checkpoints")
+    ap.add_argument("--phi3v-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.phi3v_child is not None:
+        import json
+
+        print(json.dumps(phi3v_step(args.phi3v_child, args.batch, args.chunk, args.num_crops)))
+        sys.stdout.flush()
+        return
     if args.part in ("demo", "all"):
         demo(args.threads)
     if args.part in ("vitb32", "all"):
         vitb32(args.threads, args.steps)
+    if args.part in ("phi3v", "all"):
+        chunks = [None if c.strip() == "none" else int(c) for c in args.chunks.split(",")]
+        phi3v(args.batch, chunks, args.num_crops, args.workdir, args.threads)
 
 
 if __name__ == "__main__":
