@@ -188,7 +188,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
         "samples_per_s": round(samples / wall, 2) if wall > 0 else None, "resumed_from_step": start,
         "peak_rss_mb": round(rss, 1), "trainable_params": int(sum(p.numel() for p in trainable)),
         "total_params": int(total_params), "versions": _versions(), "kind": "phi3v-lm-adapter",
-        "adapter": str(out_dir.resolve()), "temperature": round(1.0 / math.exp(float(logit_scale)), 6),
+        "adapter": str(out_dir.resolve()), "temperature": round(1.0 / math.exp(float(logit_scale.detach())), 6),
         "merged": str((out_dir / MERGED_DIR).resolve()) if params.merge else None,
         "base_settings": job["base_settings"],
     }

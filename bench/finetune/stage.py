@@ -90,6 +90,9 @@ def _plan(cfg: Any, entry: FinetuneEntry, dataset: Callable[[str], Any],
         raise ConfigError(f"finetune '{entry.name}': batch_size {entry.batch_size} exceeds the "
                           f"{len(train['paths'])} training images of {', '.join(entry.train_names)}")
     params = entry.engine_params(base.type, merge_default=not adapter_loading())
+    if params.is_phi3v and not params.merge and not adapter_loading():
+        raise ConfigError(f"finetune '{entry.name}': merge: false needs phi3v-lm's `adapter:` parameter, which "
+                          f"this bench lacks; leave merge out (the column then reads the merged checkpoint)")
     settings = base_settings(base)
     fp = training_fingerprint(params, base_dir, train, val, settings)
     return {"entry": entry, "base": base, "base_dir": base_dir, "params": params, "train_sets": train_sets,
