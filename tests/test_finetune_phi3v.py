@@ -78,7 +78,8 @@ def _grads(peft_model, encoder, batch, chunk, scale):
     peft_model.zero_grad(set_to_none=True)
     scale.grad = None
     loss = contrastive_step(encoder, batch, scale, chunk)
-    grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad and p.grad is not None}
+    grads = {n: p.grad.clone() for n, p in peft_model.named_parameters()
+             if p.requires_grad and p.grad is not None}
     return float(loss), grads, scale.grad.clone()
 
 
@@ -99,7 +100,8 @@ def test_gradcache_gives_the_whole_batch_gradients(lora_model, train_set, chunk)
     assert any("vision_embed_tokens" in n for n in full) and any("lora_magnitude_vector" in n for n in full)
     assert loss_chunk == pytest.approx(loss_full, abs=1e-6)
     # float32 rounding relative to each tensor's scale (DoRA magnitudes' gradients reach ~35 here)
-    worst = max(float((chunked[n] - full[n]).abs().max()) / max(1.0, float(full[n].abs().max())) for n in full)
+    worst = max(float((chunked[n] - full[n]).abs().max()) / max(1.0, float(full[n].abs().max()))
+                for n in full)
     biggest = max(float(full[n].abs().max()) for n in full)
     assert worst <= 1e-5 and biggest > 1e-3, (worst, biggest)
     assert float((s_chunk - s_full).abs()) <= 1e-5 and float(s_full.abs()) > 1e-4
@@ -133,7 +135,9 @@ def trained(tmp_path_factory, tiny_phi3v_dir, train_set):
 
     out = tmp_path_factory.mktemp("pft") / "pft"
     keep: dict = {}
-    rec = finetune(_params(chunk_size=2, merge=True, lr=1e-2), tiny_phi3v_dir, [train_set], out,
+    # bf16 autocast and a learnable temperature on the way (their own paths through the loop)
+    rec = finetune(_params(chunk_size=2, merge=True, lr=1e-2, mixed_precision="bf16", learn_temperature=True),
+                   tiny_phi3v_dir, [train_set], out,
                    progress=False, threads=1, base_settings=SETTINGS, keep=keep)
     return out, rec, keep
 
@@ -149,14 +153,16 @@ def test_adapter_loads_in_peft_and_gives_the_trained_embeddings(trained, tiny_ph
     out, rec, keep = trained
     cfg = json.loads((out / "adapter_config.json").read_text())
     assert cfg["use_dora"] is True and cfg["r"] == 16 and cfg["lora_alpha"] == 64
-    assert sorted(cfg["target_modules"]) == sorted(["qkv_proj", "o_proj", "gate_up_proj", "down_proj", "k_proj",
-                                                     "q_proj", "out_proj", "v_proj"])
+    assert sorted(cfg["target_modules"]) == sorted(["qkv_proj", "o_proj", "gate_up_proj", "down_proj",
+                                                     "k_proj", "q_proj", "out_proj", "v_proj"])
     keys = load_file(str(out / "adapter_model.safetensors"))
     assert "base_model.model.model.layers.0.self_attn.qkv_proj.lora_A.weight" in keys
     assert any(k.startswith("base_model.model.model.vision_embed_tokens.img_processor.vision_model.encoder")
                for k in keys)
     assert rec["kind"] == "phi3v-lm-adapter" and len(rec["history"]) == 2
-    assert all(np.isfinite(h["loss"]) for h in rec["history"]) and rec["trainable_params"] < rec["total_params"]
+    assert rec["temperature"] != 0.02 and rec["params"]["mixed_precision"] == "bf16"
+    assert all(np.isfinite(h["loss"]) for h in rec["history"])
+    assert rec["trainable_params"] < rec["total_params"]
 
     batch = _batch(keep["encoder"], train_set, 3)
     with torch.no_grad():
@@ -204,7 +210,8 @@ def _raw(d: Path, model: Path, tmp: Path, **ft) -> dict:
     entry = {"name": "phi3v-lm-ft", "base": "phi3v-lm", "train": "caps_train", "steps": 1, "batch_size": 4,
              "lr": 1e-2, "log_every": 1, "threads": 1, "lora": {"r": 4}, "chunk_size": 2, **ft}
     return {
-        "name": "pftwire", "synthetic": True, "output_dir": str(tmp / "runs"), "cache_dir": str(tmp / "cache"),
+        "name": "pftwire", "synthetic": True, "output_dir": str(tmp / "runs"),
+        "cache_dir": str(tmp / "cache"),
         "runtime": {"device": "cpu", "batch_size": 8, "num_workers": 0, "seed": 0},
         "datasets": {f"caps_{s}": {"type": "coco_karpathy", "annotations": str(d / "dataset_coco.json"),
                                    "images": str(d / "images"), "split": s} for s in ("train", "test")},
@@ -216,8 +223,8 @@ def _raw(d: Path, model: Path, tmp: Path, **ft) -> dict:
 
 
 @pytest.mark.parametrize("change, expected", [
-    ({"base": "clip"}, "finetune[0].lora: applies to phi3v-lm bases only (the VLM2Vec recipe); 'clip' is of type "
-                       "clip"),
+    ({"base": "clip"}, "finetune[0].lora: applies to phi3v-lm bases only (the VLM2Vec recipe); 'clip' is of "
+                       "type clip"),
     ({"lock_image": True}, "finetune[0].lock_image: applies to CLIP bases only"),
     ({"lora": {"r": 0}}, "finetune[0].lora.r: Input should be greater than or equal to 1"),
     ({"lora": {"rank": 4}}, "unknown key 'finetune[0].lora.rank'"),
@@ -273,7 +280,7 @@ def test_finetuned_column_in_a_bench_run(tmp_path, synthetic_dir, tiny_phi3v_dir
     assert list(res["embedders"]) == ["phi3v-lm", "phi3v-lm-ft"]
     rec = res["embedders"]["phi3v-lm-ft"]["finetune"]
     assert rec["base"] == "phi3v-lm" and rec["params"]["lora"]["r"] == 4 and rec["params"]["chunk_size"] == 2
-    q = {lab: {m["key"]: m["value"] for m in res["metrics"] if m["embedder"] == lab and m["kind"] == "quality"}
-         for lab in ("phi3v-lm", "phi3v-lm-ft")}
+    q = {lab: {m["key"]: m["value"] for m in res["metrics"]
+               if m["embedder"] == lab and m["kind"] == "quality"} for lab in ("phi3v-lm", "phi3v-lm-ft")}
     assert "retrieval/t2i_recall@5" in q["phi3v-lm-ft"] and q["phi3v-lm-ft"] != q["phi3v-lm"]
     assert "phi3v-lm-ft" in (run / "report.md").read_text()

@@ -73,7 +73,8 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
              out_dir: str | Path, *, val_sets: Sequence[CaptionDataset] | None = None,
              eval_sets: Sequence[Any] | None = None, num_processes: int = 1,
              progress: bool = True, threads: int | None = None,
-             base_settings: dict[str, Any] | None = None, keep: dict[str, Any] | None = None) -> dict[str, Any]:
+             base_settings: dict[str, Any] | None = None,
+             keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune (or reuse) and return the training record. eval_sets: datasets the benchmark evaluates
     (anything with image_paths); training on any of their images is refused (leakage). threads: torch
     CPU threads per process (None: torch's default in-process, cores / N under torchrun); tiny models
@@ -118,7 +119,8 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
 
 
 def make_job(params: FinetuneParams, base_model_dir: str | Path, train: dict[str, Any],
-             val: dict[str, Any] | None, out: Path, base_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+             val: dict[str, Any] | None, out: Path,
+             base_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The job that train.run_job / `python -m bench.finetune.train --job` executes."""
     job = {"params": params.model_dump(mode="json"), "base_model_dir": str(Path(base_model_dir).resolve()),
            "out_dir": str(out.resolve()), "train": train, "val": val,

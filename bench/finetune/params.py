@@ -110,8 +110,8 @@ class FinetuneParams(BaseModel):
         if self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) exceeds steps ({self.steps})")
         if self.chunk_size is not None and self.chunk_size > self.batch_size:
-            raise ValueError(f"chunk_size ({self.chunk_size}) exceeds batch_size ({self.batch_size}): a chunk "
-                             f"is a part of the batch (leave chunk_size out to run the batch whole)")
+            raise ValueError(f"chunk_size ({self.chunk_size}) exceeds batch_size ({self.batch_size}): a "
+                             f"chunk is a part of the batch (leave chunk_size out to run the batch whole)")
         return self
 
     @property

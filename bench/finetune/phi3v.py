@@ -1,5 +1,5 @@
-"""Phi-3-vision's side of fine-tuning (VLM2Vec's recipe): a peft adapter on the published-name view, last-token
-pooling with gradient, the training pairs as prompts, and one contrastive step with optional GradCache.
+"""Phi-3-vision's side of fine-tuning (VLM2Vec's recipe): a peft adapter on the published-name view,
+last-token pooling with gradient, the training pairs as prompts, and one contrastive step with optional GradCache.
 
 - `apply_lora(model, lora)`: peft's `get_peft_model` on `causal_lm_view(model)` (bench's native modules
   under `Phi3VForCausalLM`'s names), so the LoRA/DoRA layers are injected into the modules bench runs and
@@ -42,7 +42,8 @@ def lora_view(model: Any):
 
 def linear_names(view: Any) -> list[str]:
     """The last name component of every nn.Linear under the view (what `target_modules` may name)."""
-    return sorted({name.rsplit(".", 1)[-1] for name, m in view.named_modules() if isinstance(m, torch.nn.Linear)})
+    linear = torch.nn.Linear
+    return sorted({name.rsplit(".", 1)[-1] for name, m in view.named_modules() if isinstance(m, linear)})
 
 
 def lora_config(lora: LoraParams):

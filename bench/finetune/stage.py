@@ -91,8 +91,8 @@ def _plan(cfg: Any, entry: FinetuneEntry, dataset: Callable[[str], Any],
                           f"{len(train['paths'])} training images of {', '.join(entry.train_names)}")
     params = entry.engine_params(base.type, merge_default=not adapter_loading())
     if params.is_phi3v and not params.merge and not adapter_loading():
-        raise ConfigError(f"finetune '{entry.name}': merge: false needs phi3v-lm's `adapter:` parameter, which "
-                          f"this bench lacks; leave merge out (the column then reads the merged checkpoint)")
+        raise ConfigError(f"finetune '{entry.name}': merge: false needs phi3v-lm's `adapter:` parameter, "
+                          f"which this bench lacks; leave merge out (the column then reads the merged checkpoint)")
     settings = base_settings(base)
     fp = training_fingerprint(params, base_dir, train, val, settings)
     return {"entry": entry, "base": base, "base_dir": base_dir, "params": params, "train_sets": train_sets,
@@ -137,7 +137,8 @@ def train_entries(cfg: Any, dataset: Callable[[str], Any], *, only: str | None =
         t0 = time.perf_counter()
         record = finetune(plan["params"], plan["base_dir"], plan["train_sets"], out,
                           val_sets=plan["val_sets"], eval_sets=evaluated, num_processes=entry.processes,
-                          progress=progress, threads=entry.threads or None, base_settings=plan["base_settings"])
+                          progress=progress, threads=entry.threads or None,
+                          base_settings=plan["base_settings"])
         stage_s = time.perf_counter() - t0
         if not reused:
             log(f"finetune {entry.name}: {entry.steps} steps in {record.get('wall_s', 0):.1f} s "
