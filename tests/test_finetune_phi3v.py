@@ -284,3 +284,36 @@ def test_finetuned_column_in_a_bench_run(tmp_path, synthetic_dir, tiny_phi3v_dir
                if m["embedder"] == lab and m["kind"] == "quality"} for lab in ("phi3v-lm", "phi3v-lm-ft")}
     assert "retrieval/t2i_recall@5" in q["phi3v-lm-ft"] and q["phi3v-lm-ft"] != q["phi3v-lm"]
     assert "phi3v-lm-ft" in (run / "report.md").read_text()
+
+
+def test_kill_then_resume_matches_uninterrupted(tmp_path, tiny_phi3v_dir, train_set):
+    """Dropout on (0.1): the saved RNG state must give step 2 the same masks as the straight run."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from bench.finetune.launch import finetune, load_record, make_job, pairs
+    from bench.finetune.train import EXIT_AFTER_SAVE_ENV
+
+    p = _params(steps=2, save_every=1, merge=False, lora={"r": 4})
+    finetune(p, tiny_phi3v_dir, [train_set], tmp_path / "straight", progress=False, threads=1,
+             base_settings=SETTINGS)
+    out = tmp_path / "killed"
+    out.mkdir()
+    job_file = out / "job.json"
+    job = make_job(p, tiny_phi3v_dir, pairs([train_set]), None, out, SETTINGS)
+    job_file.write_text(json.dumps({**job, "threads": 1}))
+    cmd = [sys.executable, "-m", "bench.finetune.train", "--job", str(job_file), "--quiet"]
+    killed = subprocess.run(cmd, env={**os.environ, EXIT_AFTER_SAVE_ENV: "1"}, capture_output=True, text=True)
+    assert killed.returncode == 3, killed.stderr[-2000:]
+    assert (out / ".train_state" / "state.pt").is_file() and load_record(out) is None
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rec = load_record(out)
+    assert rec["resumed_from_step"] == 1 and [h["step"] for h in rec["history"]] == [1, 2]
+    a = load_file(str(out / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
