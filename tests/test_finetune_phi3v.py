@@ -130,14 +130,17 @@ def test_gradcache_second_pass_replays_the_first_pass_dropout(tiny_phi3v_dir, tr
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_phi3v_dir, train_set):
+def trained(tmp_path_factory, tiny_phi3v_dir, train_set, synthetic_dir):
+    from bench.data.coco import load_karpathy
     from bench.finetune.launch import finetune
+
+    val = load_karpathy("val", synthetic_dir / "dataset_coco.json", synthetic_dir / "images", split="val")
 
     out = tmp_path_factory.mktemp("pft") / "pft"
     keep: dict = {}
     # bf16 autocast and a learnable temperature on the way (their own paths through the loop)
     rec = finetune(_params(chunk_size=2, merge=True, lr=1e-2, mixed_precision="bf16", learn_temperature=True),
-                   tiny_phi3v_dir, [train_set], out,
+                   tiny_phi3v_dir, [train_set], out, val_sets=[val],
                    progress=False, threads=1, base_settings=SETTINGS, keep=keep)
     return out, rec, keep
 
@@ -161,7 +164,7 @@ def test_adapter_loads_in_peft_and_gives_the_trained_embeddings(trained, tiny_ph
                for k in keys)
     assert rec["kind"] == "phi3v-lm-adapter" and len(rec["history"]) == 2
     assert rec["temperature"] != 0.02 and rec["params"]["mixed_precision"] == "bf16"
-    assert all(np.isfinite(h["loss"]) for h in rec["history"])
+    assert all(np.isfinite(h["loss"]) and np.isfinite(h["val_loss"]) for h in rec["history"])
     assert rec["trainable_params"] < rec["total_params"]
 
     batch = _batch(keep["encoder"], train_set, 3)

@@ -77,7 +77,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
     from accelerate import Accelerator
 
     from bench.finetune import data as fdata
-    from bench.finetune.phi3v import Phi3VPairTransform, apply_lora, batch_loss, contrastive_step
+    from bench.finetune.phi3v import Phi3VPairTransform, apply_lora, contrastive_step
     from bench.finetune.train import _finish, _peak_rss_mb, _versions, lr_at, param_groups
 
     out_dir, base_dir = Path(job["out_dir"]), job["base_model_dir"]
