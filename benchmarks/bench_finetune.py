@@ -15,15 +15,18 @@ phi3v  One training step of the phi3v-lm recipe (bench.finetune.phi3v: DoRA r 16
        pooling, InfoNCE at temperature 0.02, AdamW) at full Phi-3-vision width (hidden 3072, intermediate
        8192, 32 heads, vocab 32064, the full CLIP ViT-L/14-336 tower: benchmarks.bench_phi3v_lm's random
        checkpoint writer), batch 8 pairs (336x336 images, so num_crops 1 = 2 crops of 336 each and 313
-       image tokens; ~20-token captions), float32, whole batch vs GradCache chunks (--chunk). Each
-       configuration runs in a fresh process (its own peak RSS, ru_maxrss) with 1 and with 2 decoder layers;
-       the 32-layer figures are scaled linearly from the two:
-           value(32) = value(1) + 31 * (value(2) - value(1))
-       (decoder layers are identical and run one after another; time, weights, adapter, optimizer state
-       and saved activations each grow by one layer's worth per layer).
+       image tokens; ~20-token captions), float32, whole batch vs GradCache chunks (--chunks none,2). Each
+       configuration runs in a fresh process (its own peak RSS, ru_maxrss) with 1 decoder layer; hooks on
+       decoder layer 0 during the real step measure its forward time (with and without grad) and the bytes
+       autograd saves inside it per pass. Scaled to 32 layers (decoder layers are identical):
+           time   = step + 31 * (layer 0 forward without grad + 3 * with grad)   (backward ~ 2x forward)
+           memory = peak + 31 * (layer fp32 weights + adapter, grad, 2 Adam moments + saved activations
+                    alive at once: both passes of the whole batch, or one chunk's pass with GradCache)
+       The whole batch of 8 needs ~50 GB at 1 layer (CLIP tower activations): on a smaller machine its
+       child is killed (-9) and reported as failed; run --batch 2 --chunks none to measure per pair.
 
 Usage: .venv/bin/python -m benchmarks.bench_finetune [--part demo|vitb32|phi3v|all] [--threads N] [--steps 3]
-       .venv/bin/python -m benchmarks.bench_finetune --part phi3v [--batch 8 --chunk 2 --num-crops 1]
+       .venv/bin/python -m benchmarks.bench_finetune --part phi3v [--batch 8 --chunks none,2 --num-crops 1]
 """
 
 from __future__ import annotations
@@ -148,7 +151,8 @@ def phi3v_step(folder: Path, batch: int, chunk: int | None, num_crops: int) -> d
     model.train()
     opt = torch.optim.AdamW(param_groups(peft_model, 0.0), lr=2e-5)
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8), "RGB") for _ in range(batch)]
+    images = [Image.fromarray(rng.integers(0, 256, (336, 336, 3), dtype=np.uint8), "RGB")
+              for _ in range(batch)]
     colours, shapes = ["red", "blue", "green", "yellow"], ["circle", "square", "star", "cross"]
     captions = [f"a {colours[i % 4]} {shapes[(i // 4) % 4]} on the left of a simple drawing with a white "
                 f"background" for i in range(batch)]
@@ -195,12 +199,14 @@ def phi3v_step(folder: Path, batch: int, chunk: int | None, num_crops: int) -> d
     per_layer_mb = (sum(p.numel() for p in layer.parameters()) * 4 + adapter_layer * 4 * 3 + alive) / 2**20
     return {"layers": int(model.config.num_hidden_layers), "batch": batch, "chunk": chunk,
             "image_tokens": int(pairs["images"][0]["num_img_tokens"]), "step_s": round(step_s, 2),
-            "loss": round(float(loss), 4), "load_s": round(load_s, 1), "peak_rss_after_load_mb": round(rss_loaded),
+            "loss": round(float(loss), 4), "load_s": round(load_s, 1),
+            "peak_rss_after_load_mb": round(rss_loaded),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
             "threads": torch.get_num_threads(),
             "trainable_params": sum(p.numel() for p in peft_model.parameters() if p.requires_grad),
             "one_layer_params": sum(p.numel() for p in layer.parameters()),
-            "layer0_fwd_grad_s": round(watch["fwd_grad_s"], 2), "layer0_fwd_nograd_s": round(watch["fwd_nograd_s"], 2),
+            "layer0_fwd_grad_s": round(watch["fwd_grad_s"], 2),
+            "layer0_fwd_nograd_s": round(watch["fwd_nograd_s"], 2),
             "layer0_saved_mb_per_pass": [round(b / 2**20) for b in saved],
             "per_layer_s": round(per_layer_s, 2), "per_layer_mb": round(per_layer_mb),
             "scaled_32_step_s": round(step_s + 31 * per_layer_s, 1),
@@ -241,12 +247,14 @@ def phi3v(batch: int, chunks: list[int | None], num_crops: int, workdir: Path, t
                facts)
         report(f"finetune phi3v-lm LoRA batch {batch} {how} s/step, 32 layers (scaled)",
                got["scaled_32_step_s"], "(info)", True,
-               f"step + 31 * per-layer {got['per_layer_s']} s (layer 0's forward time without grad + 3x with)")
-        report(f"finetune phi3v-lm LoRA batch {batch} {how} peak RSS MiB (1 layer)", got["peak_rss_mb"], "(info)",
-               True, facts)
+               f"step + 31 * per-layer {got['per_layer_s']} s (layer 0's forward time without grad "
+               f"+ 3x with)")
+        report(f"finetune phi3v-lm LoRA batch {batch} {how} peak RSS MiB (1 layer)", got["peak_rss_mb"],
+               "(info)", True, facts)
         report(f"finetune phi3v-lm LoRA batch {batch} {how} peak RSS MiB, 32 layers (scaled)",
                got["scaled_32_peak_rss_mb"], "(info)", True,
-               f"peak + 31 * per-layer {got['per_layer_mb']} MiB (fp32 weights + adapter, grad, Adam moments + "
+               f"peak + 31 * per-layer {got['per_layer_mb']} MiB (fp32 weights + adapter, grad, Adam "
+               f"moments + "
                f"activations autograd saved in layer 0, all passes alive at once or one chunk)")
 
 
@@ -258,9 +266,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--steps", type=int, default=3, help="timed ViT-B/32 steps after the first")
     ap.add_argument("--batch", type=int, default=8, help="phi3v: pairs per step")
-    ap.add_argument("--chunk", type=int, default=None, help="phi3v child: GradCache chunk (none: whole batch)")
+    ap.add_argument("--chunk", type=int, default=None,
+                    help="phi3v child: GradCache chunk (none: whole batch)")
     ap.add_argument("--chunks", default="none,2", help="phi3v: chunkings to measure, e.g. none,2")
-    ap.add_argument("--num-crops", type=int, default=1, help="phi3v: Phi-3-V num_crops (1: 2 crops per image)")
+    ap.add_argument("--num-crops", type=int, default=1,
+                    help="phi3v: Phi-3-V num_crops (1: 2 crops per image)")
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/bench_phi3v_lm"), help="phi3v: checkpoints")
     ap.add_argument("--phi3v-child", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
