@@ -179,6 +179,8 @@ def column(spec: Any, outcome: Outcome) -> Any:
             update["model"] = str(outcome.out_dir / "merged")
         else:
             update.update(model=spec.model, revision=spec.revision, adapter=str(outcome.out_dir))
+            if "adapter_revision" in type(spec).model_fields:
+                update["adapter_revision"] = None
     return spec.model_copy(update=update)
 
 
