@@ -98,7 +98,7 @@ def vitb32(threads: int | None, steps: int) -> None:
     from transformers import CLIPModel
 
     from bench.finetune.loss import clip_loss
-    from bench.finetune.train import param_groups
+    from bench.finetune.loop import param_groups
 
     if threads:
         torch.set_num_threads(threads)
@@ -138,7 +138,7 @@ def phi3v_step(folder: Path, batch: int, chunk: int | None, num_crops: int) -> d
     from bench.finetune.params import LoraParams
     from bench.finetune.phi3v import Phi3VPairTransform, apply_lora, contrastive_step
     from bench.finetune.phi3v_train import load_base
-    from bench.finetune.train import param_groups
+    from bench.finetune.loop import param_groups
 
     settings = {"image_prompt": TEMPLATES["vlm2vec"]["image"], "text_prompt": TEMPLATES["vlm2vec"]["text"],
                 "num_crops": num_crops}

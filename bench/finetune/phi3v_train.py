@@ -78,7 +78,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
 
     from bench.finetune import data as fdata
     from bench.finetune.phi3v import Phi3VPairTransform, apply_lora, contrastive_step
-    from bench.finetune.train import _finish, _peak_rss_mb, _versions, lr_at, param_groups
+    from bench.finetune.loop import finish, lr_at, param_groups, peak_rss_mb, versions
 
     out_dir, base_dir = Path(job["out_dir"]), job["base_model_dir"]
     cpu = not torch.cuda.is_available()
@@ -125,7 +125,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
         clear_phi3v_outputs(out_dir)
     acc.wait_for_everyone()
 
-    from bench.finetune.train import EXIT_AFTER_SAVE_ENV
+    from bench.finetune.loop import EXIT_AFTER_SAVE_ENV
 
     exit_after = int(os.environ.get(EXIT_AFTER_SAVE_ENV, "0") or 0)
     t0 = time.perf_counter()
@@ -169,11 +169,11 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
                 os._exit(3)
     acc.wait_for_everyone()
     wall = wall_before + time.perf_counter() - t0
-    rss = acc.gather(torch.tensor([_peak_rss_mb()], device=device)).max().item()
+    rss = acc.gather(torch.tensor([peak_rss_mb()], device=device)).max().item()
     if keep is not None:
         keep.update(peft_model=peft_model, encoder=encoder, logit_scale=float(logit_scale.detach()))
     if not acc.is_main_process:
-        _finish(acc)
+        finish(acc)
         return None
     model.eval()
     save_adapter(peft_model, out_dir)
@@ -187,7 +187,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
         "final_loss": history[-1]["loss"] if history else None, "wall_s": round(wall, 3),
         "samples_per_s": round(samples / wall, 2) if wall > 0 else None, "resumed_from_step": start,
         "peak_rss_mb": round(rss, 1), "trainable_params": int(sum(p.numel() for p in trainable)),
-        "total_params": int(total_params), "versions": _versions(), "kind": "phi3v-lm-adapter",
+        "total_params": int(total_params), "versions": versions(), "kind": "phi3v-lm-adapter",
         "adapter": str(out_dir.resolve()),
         "temperature": round(1.0 / math.exp(float(logit_scale.detach())), 6),
         "merged": str((out_dir / MERGED_DIR).resolve()) if params.merge else None,
@@ -195,7 +195,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
     }
     write_json(out_dir / RECORD, record)  # last: marks the output complete
     shutil.rmtree(state_dir, ignore_errors=True)
-    _finish(acc)
+    finish(acc)
     return record
 
 
@@ -222,15 +222,17 @@ def _val_loss(acc, encoder, val, params: FinetuneParams, logit_scale) -> float |
 
 
 def _save_state(path: Path, state: dict[str, Any]) -> None:
+    """torch.save through bench.io's atomic writer (a kill mid-save keeps the previous state)."""
     import torch
 
-    tmp = path.with_name(path.name + ".tmp")
+    from bench.io import atomic_path
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
     except OSError as e:
         raise OutputError(f"cannot save the fine-tuning state to {path}: {e}") from None
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def _load_state(path: Path) -> dict[str, Any] | None:
