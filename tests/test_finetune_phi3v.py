@@ -192,6 +192,29 @@ def test_adapter_loads_in_peft_and_gives_the_trained_embeddings(trained, tiny_ph
     np.testing.assert_allclose(txt.numpy(), trained_txt.numpy(), atol=1e-5)
 
 
+def test_adapter_column_reads_the_trained_model(trained, tiny_phi3v_dir, train_set):
+    """phi3v-lm with `adapter:` (bench.models.phi3v.adapter, merged at load) gives the trained embeddings."""
+    import torch
+    from PIL import Image
+
+    from bench.embedders.phi3v_lm import Phi3VLMEmbedder, Phi3VLMParams
+
+    if "adapter" not in Phi3VLMParams.model_fields:
+        pytest.skip("phi3v-lm has no adapter: parameter in this tree")
+    out, _, keep = trained
+    batch = _batch(keep["encoder"], train_set, 3)
+    with torch.no_grad():
+        keep["encoder"].model.eval()
+        trained_img = keep["encoder"].images(batch["images"])
+        trained_txt = keep["encoder"].texts(batch["text_ids"])
+    emb = Phi3VLMEmbedder(str(tiny_phi3v_dir), num_crops=1, adapter=str(out))
+    images = [Image.open(p).convert("RGB") for p in train_set.image_paths[:3]]
+    img = emb.embed_image_batch(emb.collate([emb.preprocess(im) for im in images]))
+    txt = emb.embed_texts([train_set.captions[i][0] for i in range(3)])
+    np.testing.assert_allclose(img.numpy(), trained_img.numpy(), atol=1e-5)
+    np.testing.assert_allclose(txt.numpy(), trained_txt.numpy(), atol=1e-5)
+
+
 def test_two_gloo_processes_match_one(tmp_path, tiny_phi3v_dir, train_set):
     """Global batch 4 split 2 + 2 over two torchrun processes, negatives gathered, GradCache chunk 1:
     the same losses (steps 1-2: step 2's depends on step 1's update) as one process seeing all 4."""
