@@ -166,6 +166,9 @@ class Config(_Model):
                          if getattr(registry.params_model("embedder", n), "finetunable", False)]
                 raise _RefError(f"finetune[{i}].base", f"embedder '{ft.base}' is of type {base.type}, which "
                                 f"cannot be fine-tuned; types that can: {', '.join(kinds)}")
+            problem = ft.base_problem(base.type)
+            if problem:
+                raise _RefError(f"finetune[{i}].{problem[0]}", problem[1])
             for key, names in (("train", ft.train_names), ("val", ft.val_names)):
                 for ref in names:
                     if ref not in self.datasets:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
@@ -49,6 +49,7 @@ TEMPLATES: dict[str, dict[str, str]] = {
 
 class Phi3VLMParams(EmbedderParams):
     type: Literal["phi3v-lm"] = "phi3v-lm"
+    finetunable: ClassVar[bool] = True  # a LoRA/DoRA adapter, VLM2Vec's recipe: bench.finetune.phi3v
     num_crops: Int(ge=1, le=64) | None = None  # None: the checkpoint's (VLM2Vec uses 4)
     template: Literal["vlm2vec", "e5v", "custom"] = "vlm2vec"
     image_prompt: str | None = None  # overrides the template's

@@ -1,4 +1,7 @@
-"""Contrastive CLIP fine-tuning (accelerate + datasets): params, data, loss, training loop, checkpoint.
+"""Contrastive fine-tuning (accelerate + datasets): params, data, loss, training loop, checkpoint.
+
+CLIP bases train their weights (train.py); phi3v-lm bases train a peft LoRA/DoRA adapter with VLM2Vec's
+recipe (phi3v.py: adapter, pooling, GradCache step; phi3v_train.py: the loop and the outputs).
 
 Standalone engine; the config/CLI wiring lives elsewhere. Entry points: `bench.finetune.launch.finetune`,
 `needs_training`, `load_record`; multi-process runs go through

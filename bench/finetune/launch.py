@@ -25,6 +25,7 @@ from bench.finetune.checkpoint import WEIGHTS, read_record, write_json
 from bench.finetune.params import FinetuneParams
 
 CODE_VERSION = 1  # bump when the training code changes what a given fingerprint produces
+PHI3V_CODE_VERSION = 1  # the same for the phi3v-lm recipe (bench.finetune.phi3v*)
 JOB_FILE = ".finetune_job.json"
 
 
@@ -37,21 +38,29 @@ def pairs(sets: Sequence[CaptionDataset]) -> dict[str, Any]:
 
 
 def training_fingerprint(params: FinetuneParams, base_model_dir: str | Path, train: dict[str, Any],
-                         val: dict[str, Any] | None) -> str:
-    """sha256 over what determines the trained weights."""
+                         val: dict[str, Any] | None, base_settings: dict[str, Any] | None = None) -> str:
+    """sha256 over what determines the trained weights (a phi3v-lm base: its prompts and num_crops too)."""
     from bench.models.hub import hash_model_files
 
     key = {"base_model": hash_model_files(base_model_dir), "train": train["fingerprint"],
            "val": val["fingerprint"] if val else None, "hyper": params.hyper(), "code": CODE_VERSION}
+    if params.is_phi3v:
+        key.update(base_settings=base_settings, phi3v_code=PHI3V_CODE_VERSION)
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
 def load_record(out_dir: str | Path) -> dict[str, Any] | None:
     """The training record of a completed fine-tuning in out_dir, else None."""
     rec = read_record(out_dir)
-    if rec is None or not (Path(out_dir) / WEIGHTS).is_file():
+    if rec is None:
         return None
-    return rec
+    if rec.get("kind") == "phi3v-lm-adapter":  # bench.finetune.phi3v_train's outputs
+        need = [Path(out_dir) / "adapter_model.safetensors"]
+        if rec.get("merged"):
+            need.append(Path(out_dir) / "merged" / "model.safetensors")
+    else:
+        need = [Path(out_dir) / WEIGHTS]
+    return rec if all(p.is_file() for p in need) else None
 
 
 def needs_training(out_dir: str | Path, fingerprint: str) -> bool:
@@ -63,7 +72,9 @@ def needs_training(out_dir: str | Path, fingerprint: str) -> bool:
 def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Sequence[CaptionDataset],
              out_dir: str | Path, *, val_sets: Sequence[CaptionDataset] | None = None,
              eval_sets: Sequence[Any] | None = None, num_processes: int = 1,
-             progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+             progress: bool = True, threads: int | None = None,
+             base_settings: dict[str, Any] | None = None,
+             keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune (or reuse) and return the training record. eval_sets: datasets the benchmark evaluates
     (anything with image_paths); training on any of their images is refused (leakage). threads: torch
     CPU threads per process (None: torch's default in-process, cores / N under torchrun); tiny models
@@ -85,7 +96,9 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
 
     check_device(params, "cuda" if torch.cuda.is_available() else "cpu")
     out = Path(out_dir)
-    job = make_job(params, base_model_dir, train, val, out)
+    if params.is_phi3v and not base_settings:
+        raise ConfigError(f"finetune '{params.name}': a phi3v-lm base needs its prompts (base_settings)")
+    job = make_job(params, base_model_dir, train, val, out, base_settings)
     if not needs_training(out, job["fingerprint"]):
         return load_record(out)  # type: ignore[return-value]
     try:
@@ -97,7 +110,7 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
     if num_processes == 1:
         from bench.finetune.train import run_job
 
-        record = run_job(job, progress=progress)
+        record = run_job(job, progress=progress, keep=keep)
     else:
         record = _spawn(job, out, num_processes, progress)
     if record is None:
@@ -106,11 +119,15 @@ def finetune(params: FinetuneParams, base_model_dir: str | Path, train_sets: Seq
 
 
 def make_job(params: FinetuneParams, base_model_dir: str | Path, train: dict[str, Any],
-             val: dict[str, Any] | None, out: Path) -> dict[str, Any]:
+             val: dict[str, Any] | None, out: Path,
+             base_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The job that train.run_job / `python -m bench.finetune.train --job` executes."""
-    return {"params": params.model_dump(mode="json"), "base_model_dir": str(Path(base_model_dir).resolve()),
-            "out_dir": str(out.resolve()), "train": train, "val": val,
-            "fingerprint": training_fingerprint(params, base_model_dir, train, val)}
+    job = {"params": params.model_dump(mode="json"), "base_model_dir": str(Path(base_model_dir).resolve()),
+           "out_dir": str(out.resolve()), "train": train, "val": val,
+           "fingerprint": training_fingerprint(params, base_model_dir, train, val, base_settings)}
+    if base_settings is not None:
+        job["base_settings"] = dict(base_settings)
+    return job
 
 
 def torchrun_command(job_file: Path, num_processes: int, quiet: bool = False) -> list[str]:

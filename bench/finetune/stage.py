@@ -89,10 +89,14 @@ def _plan(cfg: Any, entry: FinetuneEntry, dataset: Callable[[str], Any],
     if entry.batch_size > len(train["paths"]):
         raise ConfigError(f"finetune '{entry.name}': batch_size {entry.batch_size} exceeds the "
                           f"{len(train['paths'])} training images of {', '.join(entry.train_names)}")
-    params = entry.engine_params()
-    fp = training_fingerprint(params, base_dir, train, val)
+    params = entry.engine_params(base.type, merge_default=not adapter_loading())
+    if params.is_phi3v and not params.merge and not adapter_loading():
+        raise ConfigError(f"finetune '{entry.name}': merge: false needs phi3v-lm's `adapter:` parameter, "
+                          f"which this bench lacks; leave merge out (the column then reads the merged checkpoint)")
+    settings = base_settings(base)
+    fp = training_fingerprint(params, base_dir, train, val, settings)
     return {"entry": entry, "base": base, "base_dir": base_dir, "params": params, "train_sets": train_sets,
-            "val_sets": val_sets or None, "fingerprint": fp,
+            "val_sets": val_sets or None, "fingerprint": fp, "base_settings": settings,
             "out_dir": finetune_root(cfg) / f"{entry.name}-{fp[:12]}"}
 
 
@@ -132,8 +136,9 @@ def train_entries(cfg: Any, dataset: Callable[[str], Any], *, only: str | None =
             log(f"finetune {entry.name}: training from {entry.base} for {entry.steps} steps, {how} -> {out}")
         t0 = time.perf_counter()
         record = finetune(plan["params"], plan["base_dir"], plan["train_sets"], out,
-                          val_sets=plan["val_sets"], eval_sets=evaluated, num_processes=entry.processes, progress=progress,
-                          threads=entry.threads or None)
+                          val_sets=plan["val_sets"], eval_sets=evaluated, num_processes=entry.processes,
+                          progress=progress, threads=entry.threads or None,
+                          base_settings=plan["base_settings"])
         stage_s = time.perf_counter() - t0
         if not reused:
             log(f"finetune {entry.name}: {entry.steps} steps in {record.get('wall_s', 0):.1f} s "
@@ -148,16 +153,46 @@ def _first_loss(record: dict[str, Any]) -> Any:
     return history[0].get("loss") if history else None
 
 
+def base_settings(spec: Any) -> dict[str, Any] | None:
+    """What a phi3v-lm base's spec adds to the training (its prompts and num_crops); None for CLIP."""
+    if spec.type != "phi3v-lm":
+        return None
+    image_prompt, text_prompt = spec.prompts()
+    return {"image_prompt": image_prompt, "text_prompt": text_prompt, "num_crops": spec.num_crops}
+
+
+def adapter_loading() -> bool:
+    """Whether phi3v-lm takes `adapter: DIR` (merged at load time); without it a fine-tuned phi3v-lm
+    column needs the merged checkpoint, so `merge` defaults to true."""
+    from bench.embedders.phi3v_lm import Phi3VLMParams
+
+    return "adapter" in Phi3VLMParams.model_fields
+
+
+def column(spec: Any, outcome: Outcome) -> Any:
+    """The embedder spec of a fine-tuned model: the base's spec, labelled with the entry's name, reading
+    the fine-tuned weights (CLIP: the checkpoint; phi3v-lm: the merged checkpoint when written, else the
+    base model plus the adapter)."""
+    update: dict[str, Any] = {"name": outcome.entry.name, "revision": None, "model": str(outcome.out_dir)}
+    if outcome.record.get("kind") == "phi3v-lm-adapter":
+        if outcome.record.get("merged"):
+            update["model"] = str(outcome.out_dir / "merged")
+        else:
+            update.update(model=spec.model, revision=spec.revision, adapter=str(outcome.out_dir))
+            if "adapter_revision" in type(spec).model_fields:
+                update["adapter_revision"] = None
+    return spec.model_copy(update=update)
+
+
 def with_finetuned(embedders: Sequence[Any], outcomes: Sequence[Outcome]) -> list[Any]:
-    """The run's embedder specs: each configured one followed by the models fine-tuned from it (the base's
-    spec with the fine-tuned checkpoint as its model and the entry's name as its label)."""
+    """The run's embedder specs: each configured one followed by the models fine-tuned from it (see
+    column)."""
     out: list[Any] = []
     for spec in embedders:
         out.append(spec)
         for o in outcomes:
             if o.base_label == spec.label:
-                out.append(spec.model_copy(update={"name": o.entry.name, "model": str(o.out_dir),
-                                                   "revision": None}))
+                out.append(column(spec, o))
     return out
 
 

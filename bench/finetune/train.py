@@ -23,21 +23,11 @@ from typing import Any
 
 from bench.errors import BenchError, ConfigError
 from bench.finetune.checkpoint import STATE_DIR, clear_outputs, save_checkpoint, write_json
+from bench.finetune.loop import EXIT_AFTER_SAVE_ENV, lr_at, param_groups  # noqa: F401 (re-exported)
+from bench.finetune.loop import finish as _finish, peak_rss_mb as _peak_rss_mb, versions as _versions
 from bench.finetune.params import FinetuneParams, check_device, parse_params
 from bench.io import replace_dir
 
-# Test hook: exit abruptly (as a kill would) right after the state of this step is saved.
-EXIT_AFTER_SAVE_ENV = "BENCH_FINETUNE_EXIT_AFTER_SAVE"
-
-
-def lr_at(params: FinetuneParams, step: int) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warm-up, then cosine to 0 or constant."""
-    if step < params.warmup_steps:
-        return params.lr * (step + 1) / params.warmup_steps
-    if params.schedule == "constant":
-        return params.lr
-    span = max(1, params.steps - params.warmup_steps)
-    return 0.5 * params.lr * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
 
 
 def freeze(model: Any, params: FinetuneParams) -> int:
@@ -57,23 +47,6 @@ def freeze(model: Any, params: FinetuneParams) -> int:
                 for p in module.parameters():
                     p.requires_grad_(True)
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norms, logit_scale (anything 1-D)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        skip = p.ndim < 2 or "bias" in name or "norm" in name or "logit_scale" in name
-        (no_decay if skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def _load_model(base_dir: str):
@@ -120,8 +93,10 @@ def _val_loss(acc, model, unwrapped, val, plan_batch: int, device) -> float | No
     return sum(losses) / len(losses)
 
 
-def run_job(job: dict[str, Any], progress: bool = False) -> dict[str, Any] | None:
-    """Train one job in this process (rank r of W under torchrun). Returns the record on the main process."""
+def run_job(job: dict[str, Any], progress: bool = False,
+            keep: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Train one job in this process (rank r of W under torchrun). Returns the record on the main process.
+    keep (tests, phi3v-lm jobs): receives the trained model (bench.finetune.phi3v_train.run)."""
     import torch
 
     params = parse_params(job["params"])
@@ -129,6 +104,10 @@ def run_job(job: dict[str, Any], progress: bool = False) -> dict[str, Any] | Non
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     try:
+        if params.is_phi3v:  # a phi3v-lm base: a peft adapter, VLM2Vec's recipe
+            from bench.finetune.phi3v_train import run
+
+            return run(job, params, progress, keep)
         return _run(job, params, progress)
     finally:
         torch.set_num_threads(threads)
@@ -254,18 +233,6 @@ def _run(job: dict[str, Any], params: FinetuneParams, progress: bool) -> dict[st
     return record
 
 
-def _finish(acc) -> None:
-    """Every process waits for the others, then the process group is destroyed explicitly. A process that
-    left early (exiting while the main one still wrote the checkpoint) sometimes died at interpreter exit
-    with "terminate called without an active exception" (SIGABRT) under load: seen 2 in ~20 runs."""
-    acc.wait_for_everyone()
-    acc.end_training()
-    import torch.distributed as td
-
-    if td.is_available() and td.is_initialized():
-        td.destroy_process_group()
-
-
 def _save_state(acc, state: Path, progress: dict[str, Any]) -> None:
     """accelerate save_state into a temp folder, then swap it in (a kill mid-save keeps the old state)."""
     tmp = state.with_name(state.name + ".tmp")
@@ -281,16 +248,6 @@ def _save_state(acc, state: Path, progress: dict[str, Any]) -> None:
         write_json(tmp / "progress.json", progress)
         replace_dir(tmp, state)
     acc.wait_for_everyone()
-
-
-def _versions() -> dict[str, str]:
-    import accelerate
-    import datasets
-    import torch
-    import transformers
-
-    return {"torch": torch.__version__, "transformers": transformers.__version__,
-            "accelerate": accelerate.__version__, "datasets": datasets.__version__}
 
 
 def main(argv: list[str] | None = None) -> int:
