@@ -133,3 +133,23 @@ def test_bf16_run_records_fidelity_and_float32_none(tmp_path, synthetic_dir, tin
     assert row.verdict == "regressed" and row.kind == "fidelity"
     assert c.exit_code == 0
     assert compare(worse, data, fail_on=("quality", "speed", "memory", "fidelity")).exit_code == 1
+
+
+def test_reference_that_cannot_run_is_na_and_zero_images_turn_it_off(tmp_path, synthetic_dir, tiny_clip_dir,
+                                                                      monkeypatch):
+    from bench.tasks import speed_fidelity
+
+    real = speed_fidelity._vectors
+
+    def vectors(emb, paths, texts, batch_size):
+        if emb.runtime.dtype == "float32":
+            raise RuntimeError("out of memory (simulated)")
+        return real(emb, paths, texts, batch_size)
+
+    monkeypatch.setattr(speed_fidelity, "_vectors", vectors)
+    _, data = _run(tmp_path, "na", _config(tmp_path, synthetic_dir, tiny_clip_dir, "bfloat16", 4))
+    fid = [x for x in data["metrics"] if x["kind"] == "fidelity"]
+    assert [(x["key"], x["value"]) for x in fid] == [("fidelity/image_cosine_min", None)]
+    assert "out of memory (simulated)" in fid[0]["na_reason"]
+    _, data = _run(tmp_path, "off", _config(tmp_path, synthetic_dir, tiny_clip_dir, "bfloat16", 0))
+    assert not [x for x in data["metrics"] if x["kind"] == "fidelity"]

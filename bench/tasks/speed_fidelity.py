@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.errors import ModelError
 from bench.results import Metric
 from bench.tasks.base import MetricSpec, TaskInputs
 
@@ -78,9 +79,14 @@ def measure(inputs: TaskInputs, ds: Any, n_images: int, batch_size: int, rec: di
         return []
     paths, texts = sample(ds, n_images, int(getattr(inputs.runtime, "seed", 0) or 0), emb.supports_text)
     fast = _vectors(emb, paths, texts, batch_size)
-    ref = type(emb)(emb.params, runtime=dataclasses.replace(runtime, dtype="float32", compile=False))
+    facts = dict(mode=mode, n=len(paths), texts=f" and their first captions ({len(texts)})" if texts else "")
+    ref = None
     try:
+        ref = type(emb)(emb.params, runtime=dataclasses.replace(runtime, dtype="float32", compile=False))
         slow = _vectors(ref, paths, texts, batch_size)
+    except (ModelError, RuntimeError) as e:  # e.g. no room for a float32 copy beside the run's model
+        reason = f"the float32 reference could not be loaded or run beside the {mode} model: {e}"[:300]
+        return [COSINE.na(**rec, reason=reason, what="image", stat="min")]
     finally:
         del ref
         gc.collect()
@@ -89,7 +95,6 @@ def measure(inputs: TaskInputs, ds: Any, n_images: int, batch_size: int, rec: di
 
             torch.cuda.empty_cache()
     figures = fidelity(fast[0], slow[0], fast[1], slow[1], k=TOP_K)
-    facts = dict(mode=mode, n=len(paths), texts=f" and their first captions ({len(texts)})" if texts else "")
     out = []
     for key, value in figures.items():
         head, _, name = key.partition("_")
