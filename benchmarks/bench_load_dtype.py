@@ -106,7 +106,8 @@ def child(kind: str, folder: Path, dtype: str) -> dict:
                 t.reshape(-1)[:: 1024].sum()
     settled = current_rss_mib() - rss0
     rng = np.random.default_rng(0)
-    images = [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "RGB") for _ in range(n_images)]
+    images = [Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), "RGB")
+              for _ in range(n_images)]
     items = [emb.preprocess(im) for im in images]
     with PeakMemory("cpu") as run:
         for s in range(0, n_images, batch):
@@ -149,13 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         for stored in args.stored:
             rows = {dtype: measure(kind, folders[(kind, stored)], dtype) for dtype in DTYPES}
             for dtype, r in rows.items():
-                print(f"  {kind:8s} stored {stored:8s} run {dtype:8s}: load peak +{r['load_peak_mib']:.0f} MiB, "
+                print(f"  {kind:8s} stored {stored:8s} run {dtype:8s}: "
+                      f"load peak +{r['load_peak_mib']:.0f} MiB, "
                       f"settled +{r['settled_mib']:.0f}, embed peak +{r['embed_peak_mib']:.0f}; weights "
                       f"{r['weight_mib']:.0f} MiB {','.join(r['weight_dtypes'])} ({r['method']})", flush=True)
             f32, b16 = rows["float32"], rows["bfloat16"]
             ratio = b16["load_peak_mib"] / f32["load_peak_mib"]
             report(f"{kind} load peak RSS bf16 / float32 ({stored} checkpoint)", ratio, f"<= {TARGET}",
-                   ratio <= TARGET, f"bf16 +{b16['load_peak_mib']:.0f} MiB vs float32 +{f32['load_peak_mib']:.0f} "
+                   ratio <= TARGET,
+                   f"bf16 +{b16['load_peak_mib']:.0f} MiB vs float32 +{f32['load_peak_mib']:.0f} "
                    f"MiB (weights {b16['weight_mib']:.0f} vs {f32['weight_mib']:.0f} MiB; fresh processes, "
                    f"page cache warm)")
     return 0

@@ -245,18 +245,19 @@ def main(argv: list[str] | None = None) -> int:
                 f"{k} {row[k]['peak_allocated_mib']:.0f}" for k in best)
         print(line, flush=True)
         if "bf16" in row:
-            f = row["bf16"]
-            print(f"  bf16: s/image {row['bench-bf16']['s_per_image']:.2f}, x{row['bf16_speedup']:.2f} float32 bench, "
+            f, s16 = row["bf16"], row["bench-bf16"]["s_per_image"]
+            print(f"  bf16: s/image {s16:.2f}, x{row['bf16_speedup']:.2f} float32 bench, "
                   f"x{row['bf16_vs_reference']:.2f} the float32 reference; cosine to float32 per token min "
-                  f"{f['token_cos_min']:.5f} mean {f['token_cos_mean']:.5f}, pooled min {f['pooled_cos_min']:.6f}",
-                  flush=True)
+                  f"{f['token_cos_min']:.5f} mean {f['token_cos_mean']:.5f}, "
+                  f"pooled min {f['pooled_cos_min']:.6f}", flush=True)
             report(f"phi3v image embedding num_crops {num_crops}: float32 bench time / bf16 bench time",
                    row["bf16_speedup"], "(info)", True,
-                   f"bf16 {row['bench-bf16']['s_per_image']:.1f} vs float32 {row['bench']['s_per_image']:.1f} vs "
-                   f"reference {row['reference']['s_per_image']:.1f} s/image, {n} images {grids}, {args.device}")
+                   f"bf16 {s16:.1f} vs float32 {row['bench']['s_per_image']:.1f} vs reference "
+                   f"{row['reference']['s_per_image']:.1f} s/image, {n} images {grids}, {args.device}")
             report(f"phi3v image embedding num_crops {num_crops}: bf16 token cosine to float32, min",
                    f["token_cos_min"], "(info)", True, f"mean {f['token_cos_mean']:.5f}; mean-pooled image "
-                   f"vectors: min {f['pooled_cos_min']:.6f}", unit="cos", higher_is_better=True, kind="fidelity")
+                   f"vectors: min {f['pooled_cos_min']:.6f}", unit="cos", higher_is_better=True,
+                   kind="fidelity")
         is_target = num_crops == 16
         report(f"phi3v image embedding num_crops {num_crops}: reference time / bench time", row["speedup"],
                f">= {TARGET}" if is_target else "(info)", row["speedup"] >= TARGET if is_target else True,

@@ -58,7 +58,8 @@ def test_fidelity_cosines_and_leave_one_out():
 
 
 def _config(tmp_path, d, model, dtype, fidelity_images=16):
-    return {"name": "fid", "synthetic": True, "output_dir": str(tmp_path / "runs"), "cache_dir": str(tmp_path / "cache"),
+    return {"name": "fid", "synthetic": True, "output_dir": str(tmp_path / "runs"),
+            "cache_dir": str(tmp_path / "cache"),
             "runtime": {"device": "cpu", "batch_size": 4, "num_workers": 0, "seed": 0, "dtype": dtype},
             "datasets": {"caps": {"type": "coco_karpathy", "annotations": str(d / "dataset_coco.json"),
                                   "images": str(d / "images"), "split": "test"}},
@@ -83,7 +84,8 @@ def test_bf16_run_records_fidelity_and_float32_none(tmp_path, synthetic_dir, tin
     from bench.embedders.clip import ClipEmbedder
     from bench.loader import image_batches
 
-    run, data = _run(tmp_path, "bf16", _config(tmp_path, synthetic_dir, tiny_clip_dir, "bfloat16"), render=True)
+    cfg = _config(tmp_path, synthetic_dir, tiny_clip_dir, "bfloat16")
+    run, data = _run(tmp_path, "bf16", cfg, render=True)
     m = {x["key"]: x for x in data["metrics"] if x["kind"] == "fidelity"}
     cos_min, cos_mean = m["fidelity/image_cosine_min"]["value"], m["fidelity/image_cosine_mean"]["value"]
     assert 0.99 < cos_min <= cos_mean < 1.0

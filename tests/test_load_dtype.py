@@ -14,7 +14,8 @@ torch = pytest.importorskip("torch")
 # A CLIP big enough for RSS to see (~80 MB of float32 weights, stored float32), small enough to write fast.
 _MEDIUM = dict(vision_config=dict(image_size=64, patch_size=16, hidden_size=512, intermediate_size=2048,
                                   num_hidden_layers=6, num_attention_heads=8),
-               text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2),
+               text_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                num_attention_heads=2),
                projection_dim=64)
 
 _CHILD = r"""

@@ -107,7 +107,9 @@ def measure(inputs: TaskInputs, ds: Any, n_images: int, batch_size: int, rec: di
         else:
             spec, fields = OVERLAP, {"direction": head, "k": name.removeprefix("top").split("_")[0]}
         # Item resolution (compare's tolerance floor) for the % figures only: one query is 100/n points.
-        items = (len(texts) if head == "t2i" else len(paths) - (head == "i2i")) if spec in (TOP1, OVERLAP) else None
+        items = None
+        if spec in (TOP1, OVERLAP):
+            items = len(texts) if head == "t2i" else len(paths) - (head == "i2i")
         out.append(spec.record(**rec, value=value, num_items=items, **fields, **facts))
     inputs.detail(f"speed/{rec['dataset']}/fidelity", {"mode": mode, "images": [str(p) for p in paths],
                                                        "figures": figures})
