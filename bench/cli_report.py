@@ -97,7 +97,7 @@ def register(sub) -> None:
     c.add_argument("--speed-rel-tol", help="relative, e.g. 0.25 for 25%%")
     c.add_argument("--memory-rel-tol", help="relative, e.g. 0.2 for 20%%")
     c.add_argument("--fail-on", default="quality,speed,memory",
-                   help="kinds whose regressions fail (comma-separated: quality,speed,memory; or none)")
+                   help="kinds whose regressions fail (comma-separated: quality,speed,memory,fidelity; or none)")
     c.add_argument("--show", choices=("changes", "all"), default="changes", help="rows to list")
     c.add_argument("--output", help="also write the Markdown to this file (for a PR comment)")
     c.set_defaults(func=_cmd_compare)

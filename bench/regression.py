@@ -65,6 +65,9 @@ from bench.errors import BenchError
 from bench.results import METRIC_KINDS, Metric, RunResult, as_result
 
 KINDS = METRIC_KINDS
+# What fails by default. "fidelity" (a fast mode's agreement with float32: bench.tasks.speed_fidelity) is
+# listed with verdicts but fails only when asked (--fail-on ...,fidelity): it prices a trade-off.
+DEFAULT_FAIL_ON = ("quality", "speed", "memory")
 VERDICTS = ("regressed", "improved", "unchanged", "incomparable", "new", "missing")
 
 
@@ -269,7 +272,7 @@ def _why_incomparable(result: RunResult, baseline: RunResult, m: Metric) -> str:
             return "data fingerprint differs"
         if _task_settings(result, m.task, ds) != _task_settings(baseline, m.task, ds):
             return "task settings differ"
-    if m.kind in ("speed", "memory"):
+    if m.kind in ("speed", "memory", "fidelity"):  # fidelity: bf16 kernels differ between processors
         if result.hardware != baseline.hardware:
             return "different hardware"
         if _runtime_settings(result) != _runtime_settings(baseline):
@@ -278,7 +281,7 @@ def _why_incomparable(result: RunResult, baseline: RunResult, m: Metric) -> str:
 
 
 def compare(result: RunResult | dict[str, Any], baseline: RunResult | dict[str, Any], tol: Tolerances | None = None,
-            fail_on: tuple[str, ...] | list[str] = KINDS,
+            fail_on: tuple[str, ...] | list[str] = DEFAULT_FAIL_ON,
             records: tuple[dict, dict] | None = None) -> Comparison:
     """Verdict for every metric of `result` and `baseline` (see the module docstring). Dicts (a parsed
     results.json) are checked and read into RunResults first. `records`: the per-query records of the

@@ -36,7 +36,7 @@ results.json (schema_version 1):
   "metrics": [                              # flat: one row per (embedder, task, dataset, key)
      {"embedder": label, "task": "retrieval", "dataset": name, "key": "retrieval/i2t_recall@5",
       "value": 41.2 | null, "unit": "%", "higher_is_better": true,
-      "kind": "quality"|"speed"|"memory", "protocol": "...", "na_reason": null | "why it is n/a",
+      "kind": "quality"|"speed"|"memory"|"fidelity", "protocol": "...", "na_reason": null | "why it is n/a",
       "num_items": 100,                     # optional, quality only: one item moves the value by at most
                                             # 100/num_items points (bench.regression uses it; absent
                                             # in results written before it existed)

@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 SCHEMA_VERSION = 1
-METRIC_KINDS = ("quality", "speed", "memory")
+METRIC_KINDS = ("quality", "speed", "memory", "fidelity")
 _SECTIONS = ("config", "environment", "datasets", "embedders", "details", "timings", "cache")
 
 

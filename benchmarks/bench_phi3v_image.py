@@ -12,6 +12,10 @@ crops) are preprocessed once (not timed), then
   reference:  reference_forward, as the reference code computes it: per image, all 1 + num_crops crops
               (padding included) through all 24 layers + post_layernorm with output_hidden_states,
               hidden_states[-2], then merge, separators and projection;
+  bench-bf16: (--bf16, the default with --dtype float32) bench's path with a bfloat16 copy of the same
+              weights (pixel batches cast to bfloat16): its time beside float32's and the reference's, and
+              its fidelity, i.e. the cosine of each output token to bench's float32 output (min / mean)
+              and of the mean-pooled image vectors (min);
 and the outputs are compared (max |diff| printed; above --atol the script fails). Every path is
 warmed up first on a small image (first-call allocations and kernel selection are not timed). On the
 CPU the paths take turns image by image, in rotating order (this machine is shared: load drifting
@@ -20,11 +24,12 @@ drifting load decide the result); `--granularity batch`, the default on CUDA, gi
 images in one call. Wall time is the figure; this process's CPU time is printed too (less sensitive
 to other processes, though not immune). On CUDA, timings are synchronized and peak allocated memory
 is printed.
-Target (issue 6, target 3): reference time / bench time >= 1.25 at num_crops 16.
+Target (issue 6, target 3): reference time / bench time >= 1.25 at num_crops 16. The bf16 rows are
+information (issue 17): float32 bench time / bf16 bench time and the cosines.
 
 Usage: OMP_NUM_THREADS=2 python -m benchmarks.bench_phi3v_image [--num-crops 16 4]
        [--images 4] [--repeat 1] [--no-isolate-skip] [--granularity image|batch] [--device cpu]
-       [--dtype float32] [--json out.json]
+       [--dtype float32] [--no-bf16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -107,6 +112,19 @@ def max_abs_diff(a: list, b: list) -> float:
     return max(float((x.float() - y.float()).abs().max()) for x, y in zip(a, b))
 
 
+def bf16_fidelity(fast: list, ref: list) -> dict:
+    """Cosine of every output token of the bf16 path to the float32 one (min, mean), and of the images'
+    mean-pooled vectors (min)."""
+    import torch
+    import torch.nn.functional as F
+
+    tok = torch.cat([F.cosine_similarity(a.double(), b.double(), dim=-1) for a, b in zip(fast, ref)])
+    pooled = torch.stack([F.cosine_similarity(a.double().mean(0), b.double().mean(0), dim=0)
+                          for a, b in zip(fast, ref)])
+    return {"token_cos_min": float(tok.min()), "token_cos_mean": float(tok.mean()),
+            "pooled_cos_min": float(pooled.min())}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num-crops", type=int, nargs="+", default=[16, 4])
@@ -121,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
                              "into one tower call is part of the gain)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time bench's path in bfloat16 (only with --dtype float32)")
     parser.add_argument("--atol", type=float, default=1e-4, help="largest allowed |bench - reference|")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args(argv)
@@ -153,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
              "reference": lambda pv, s: reference_forward(module, pv, s)}
     if args.isolate_skip:
         paths["no-skip"] = lambda pv, s: forward_without_skip(module, pv, s)
+    if args.bf16 and dtype == torch.float32:
+        import copy
+
+        module_bf16 = copy.deepcopy(module).to(torch.bfloat16)
+        paths["bench-bf16"] = lambda pv, s: module_bf16(pv.to(torch.bfloat16), s)
     # Warm-up: every path once on a small image (num_crops 1: the global view + one crop).
     warm = Phi3VImageProcessor(1)(make_images(1, [(400, 300)]))
     with torch.inference_mode():
@@ -203,6 +228,10 @@ def main(argv: list[str] | None = None) -> int:
         if "no-skip" in outs:
             row["no_skip_max_abs_diff"] = max_abs_diff(outs["no-skip"], outs["reference"])
             ok &= row["no_skip_max_abs_diff"] <= args.atol
+        if "bench-bf16" in outs:
+            row["bf16"] = bf16_fidelity(outs["bench-bf16"], outs["bench"])
+            row["bf16_speedup"] = best["bench"][0] / best["bench-bf16"][0]
+            row["bf16_vs_reference"] = best["reference"][0] / best["bench-bf16"][0]
         results.append(row)
         line = (f"num_crops {num_crops:2d}: {n} images {grids} (rows x cols), CLIP on {real} real crops vs "
                 f"{total} with padding; s/image: bench {row['bench']['s_per_image']:.2f}")
@@ -215,6 +244,20 @@ def main(argv: list[str] | None = None) -> int:
             line += "; peak allocated MiB " + ", ".join(
                 f"{k} {row[k]['peak_allocated_mib']:.0f}" for k in best)
         print(line, flush=True)
+        if "bf16" in row:
+            f, s16 = row["bf16"], row["bench-bf16"]["s_per_image"]
+            print(f"  bf16: s/image {s16:.2f}, x{row['bf16_speedup']:.2f} float32 bench, "
+                  f"x{row['bf16_vs_reference']:.2f} the float32 reference; cosine to float32 per token min "
+                  f"{f['token_cos_min']:.5f} mean {f['token_cos_mean']:.5f}, "
+                  f"pooled min {f['pooled_cos_min']:.6f}", flush=True)
+            report(f"phi3v image embedding num_crops {num_crops}: float32 bench time / bf16 bench time",
+                   row["bf16_speedup"], "(info)", True,
+                   f"bf16 {s16:.1f} vs float32 {row['bench']['s_per_image']:.1f} vs reference "
+                   f"{row['reference']['s_per_image']:.1f} s/image, {n} images {grids}, {args.device}")
+            report(f"phi3v image embedding num_crops {num_crops}: bf16 token cosine to float32, min",
+                   f["token_cos_min"], "(info)", True, f"mean {f['token_cos_mean']:.5f}; mean-pooled image "
+                   f"vectors: min {f['pooled_cos_min']:.6f}", unit="cos", higher_is_better=True,
+                   kind="fidelity")
         is_target = num_crops == 16
         report(f"phi3v image embedding num_crops {num_crops}: reference time / bench time", row["speedup"],
                f">= {TARGET}" if is_target else "(info)", row["speedup"] >= TARGET if is_target else True,

@@ -40,6 +40,7 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "phi3v_lm": ("bench_phi3v_lm.py", [], ["--repeats", "1", "--captions", "4"]),
     "finetune": ("bench_finetune.py", [], ["--part", "demo"]),
     "flops": ("bench_flops.py", [], ["--min-time", "1", "--batches", "2", "--rounds", "1"]),
+    "load_dtype": ("bench_load_dtype.py", [], ["--only", "clip"]),
 }
 
 

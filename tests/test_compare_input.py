@@ -62,7 +62,7 @@ BAD_INPUT = {
     "metric without embedder": (lambda d: _without(d, ("metrics", 3), "embedder"), (),
                                 "metrics[3]: 'embedder' must be a non-empty string, got null"),
     "metric with an unknown kind": (lambda d: _set(d, ("metrics", 3, "kind"), "qualty"), (),
-                                    "'kind' must be one of quality, speed, memory, got \"qualty\""),
+                                    "'kind' must be one of quality, speed, memory, fidelity, got \"qualty\""),
     "metric that is not an object": (lambda d: _set(d, ("metrics", 3), "x"), (),
                                      "metrics[3]: a JSON string, not an object"),
     "metrics as dict": (lambda d: _set(d, ("metrics",), {"a": d["metrics"][0]}), (),

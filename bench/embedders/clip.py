@@ -68,30 +68,34 @@ class ClipEmbedder(Embedder):
                 raise pickle_only_error(self.model_dir)
             raise ModelError(f"no weights in {self.model_dir}: expected one of {', '.join(_WEIGHT_FILES)} "
                              f"(an interrupted download?)")
-        check_safetensors_files(self.model_dir)
+        self._weight_files = check_safetensors_files(self.model_dir)
 
     @classmethod
     def preload(cls) -> None:
         import transformers.models.clip.modeling_clip  # noqa: F401
 
     def _load_model(self):
+        """CLIPModel in runtime.dtype, each tensor converted as it is read (bench.models.hub.lazy_state_dict):
+        a bfloat16 load never holds the float32 checkpoint, nor a float32 copy of the weights."""
         from safetensors import SafetensorError
-        from transformers import CLIPModel
+        from transformers import CLIPConfig, CLIPModel
 
-        kwargs = dict(local_files_only=True, dtype=self._torch_dtype, output_loading_info=True,
-                      use_safetensors=True,  # never falls back to a pickle
+        from bench.models.hub import lazy_state_dict, quiet_transformers
+
+        kwargs = dict(dtype=self._torch_dtype, output_loading_info=True,
                       ignore_mismatched_sizes=True)  # mismatches are reported below, as a ModelError
-        from bench.models.hub import quiet_transformers
-
         try:
-            try:
-                with quiet_transformers():
-                    model, info = CLIPModel.from_pretrained(self.model_dir, attn_implementation="sdpa", **kwargs)
-            except (ValueError, ImportError) as e:
-                if "sdpa" not in str(e).lower():
-                    raise
-                log.warning("sdpa attention unavailable (%s); using eager attention", e)
-                model, info = CLIPModel.from_pretrained(self.model_dir, attn_implementation="eager", **kwargs)
+            config = CLIPConfig.from_pretrained(self.model_dir, local_files_only=True)
+            with lazy_state_dict(self._weight_files, self._torch_dtype) as state, quiet_transformers():
+                try:
+                    model, info = CLIPModel.from_pretrained(None, config=config, state_dict=state,
+                                                            attn_implementation="sdpa", **kwargs)
+                except (ValueError, ImportError) as e:
+                    if "sdpa" not in str(e).lower():
+                        raise
+                    log.warning("sdpa attention unavailable (%s); using eager attention", e)
+                    model, info = CLIPModel.from_pretrained(None, config=config, state_dict=state,
+                                                            attn_implementation="eager", **kwargs)
         except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as e:
             raise ModelError(f"cannot load CLIP checkpoint {self.model_dir}: {e}") from None
 

@@ -275,3 +275,38 @@ def check_safetensors_files(folder: Path) -> list[Path]:
         except (SafetensorError, OSError, ValueError) as e:
             raise ModelError(f"weight file {f} is incomplete or corrupt ({e}); re-download it") from None
     return files
+
+
+# safetensors' dtype names of the dtypes bench runs in.
+_ST_DTYPES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+@contextlib.contextmanager
+def lazy_state_dict(files: Iterable[Path], dtype):
+    """Every tensor of `files` as an unread safetensors slice, for `from_pretrained(None, state_dict=...)`,
+    which reads and converts them one by one; the files stay open for the block.
+
+    A file stored in `dtype` is memory-mapped (its tensors share the page cache, as from_pretrained does
+    by itself). A file that must be converted is read with pread instead: from_pretrained keeps its maps
+    open until the whole model is loaded, and every mapped page read stays in this process's RSS, so a
+    float32 checkpoint loaded in bfloat16 peaked at its float32 bytes plus the bfloat16 copy (1.5x the
+    float32 load); read with pread, only one float32 tensor lives at a time.
+    """
+    from safetensors import safe_open
+
+    want = _ST_DTYPES.get(str(dtype).removeprefix("torch."))
+    handles, state = [], {}
+    try:
+        for f in files:
+            h = safe_open(str(f), framework="pt", device="cpu")
+            handles.append(h)
+            floats = {h.get_slice(k).get_dtype() for k in h.keys()} & {"F64", "F32", "BF16", "F16"}
+            if want is not None and floats - {want}:
+                h = safe_open(str(f), framework="pt", device="cpu", backend="pread")
+                handles.append(h)
+            state.update({k: h.get_slice(k) for k in h.keys()})
+        yield state
+    finally:
+        state.clear()
+        for h in handles:
+            h.__exit__(None, None, None)

@@ -73,6 +73,8 @@ def format_value(value: float | None, unit: str = "", with_unit: bool = True) ->
     v = float(value)
     if unit == "%":
         text = f"{v:.2f}"
+    elif unit in ("cos", "ρ"):  # fidelity: near 1, where the digits that matter are
+        text = f"{v:.6f}"
     elif abs(v) >= 1000:
         text = f"{v:,.0f}"
     elif abs(v) >= 100:

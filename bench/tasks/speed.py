@@ -8,6 +8,9 @@ counter counts them on one batch (bench.metrics.flops: matmul/conv/attention, 2 
 cached by the embedder fingerprint; achieved GFLOP/s end to end and model-only (= items/s x GFLOP per
 item); and model-only GFLOP/s as a percentage of the device's measured matmul peak in the model's
 dtype (cached per hardware fingerprint). Counting runs after the timed loops, so it never warms them.
+
+Fidelity (params `fidelity_images`, default 64; 0: off): in a fast mode (bfloat16, float16, compile), the
+cosine and rank agreement of the run's vectors with float32's on a seeded sample (bench.tasks.speed_fidelity).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Literal
 
 from bench.params import Float, Int, TaskParams
 from bench.results import Metric
+from bench.tasks import speed_fidelity
 from bench.tasks.base import MetricSpec, TaskInputs
 
 IMAGES_PER_S = MetricSpec("speed/images_per_s", "img/s", True, "speed",
@@ -43,7 +47,7 @@ TEXT_PEAK_FRACTION = MetricSpec("speed/text_peak_fraction", "%", True, "speed",
                                 "text GFLOP/s / measured {dtype} matmul peak; {setup}")
 METRICS = (IMAGES_PER_S, MODEL_IMAGES_PER_S, BATCH_LATENCY, COLD_BATCH, TEXTS_PER_S, PEAK_MEMORY,
            GFLOP_PER_IMAGE, GFLOPS, MODEL_GFLOPS, PEAK_GFLOPS, PEAK_FRACTION, GFLOP_PER_TEXT, TEXT_GFLOPS,
-           TEXT_PEAK_FRACTION)
+           TEXT_PEAK_FRACTION, *speed_fidelity.METRICS)
 
 
 class SpeedParams(TaskParams):
@@ -55,6 +59,7 @@ class SpeedParams(TaskParams):
     min_time_s: Float(ge=0) = 2.0
     batch_size: Int(ge=1) | None = None  # default: runtime.batch_size
     flops: bool = True  # FLOPs per item, achieved GFLOP/s and % of the device peak (off: skip counting)
+    fidelity_images: Int(ge=0) = 64  # fast modes: sample size of the comparison with float32 (0: off)
 
 
 def run(inputs: TaskInputs, task: SpeedParams) -> list[Metric]:
@@ -114,6 +119,8 @@ def run(inputs: TaskInputs, task: SpeedParams) -> list[Metric]:
            "process resident set size (VmHWM after a reset)")
     for key, value in mem.metrics().items():
         out.append(PEAK_MEMORY.record(**rec, value=value, name=key, how=how))
+    with inputs.timed(f"speed/{task.dataset}/fidelity"):
+        out += speed_fidelity.measure(inputs, ds, task.fidelity_images, bs, rec)
     inputs.detail(f"speed/{task.dataset}", {"batch_size": bs, "num_images": n,
                                            "model_latencies_s": list(model.latency.values),
                                            "e2e_pass_s": list(e2e.latency.values)})
