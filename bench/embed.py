@@ -59,7 +59,7 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
     from bench import registry
     from bench.embedders.base import RuntimeOptions, check_finite
     from bench.environment import resolve_device
-    from bench.loader import image_batches
+    from bench.loader import DEFAULT_PREFETCH_BYTES, image_batches, start_image_batches
 
     if output.suffix != ".safetensors":
         raise BenchError(f"--output must end in .safetensors (got {output})")
@@ -86,13 +86,28 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
         lines = read_text_lines(texts)
     dev = resolve_device(device)
     cls = registry.resolve("embedder", kind)
-    emb = cls(params, runtime=RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size))
-    if lines is not None and not emb.supports_text:
+    if lines is not None and "text" not in cls.modalities:
         raise CapabilityError(f"'{kind}' embeds images only: drop --texts or use a text-capable embedder "
                               "(clip, phi3v-lm)")
+    runtime = RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size)
+    # The loader's workers start decoding before the model loads (imports and weights take seconds on
+    # one core; the decoder has the other), reading ahead up to DEFAULT_PREFETCH_BYTES.
+    pipeline = cls.image_pipeline(params, runtime) if num_workers > 0 else None
+    batches = None
+    if pipeline is not None:
+        batches = start_image_batches(*pipeline, files, batch_size, num_workers,
+                                      prefetch_bytes=DEFAULT_PREFETCH_BYTES)
+    try:
+        emb = cls(params, runtime=runtime)
+    except BaseException:
+        if batches is not None:
+            batches.close()  # stops the workers now, not at exit
+        raise
+    if batches is None:
+        batches = image_batches(emb, files, batch_size, num_workers)
     tensors: dict[str, torch.Tensor] = {}
     i = 0
-    for batch in image_batches(emb, files, batch_size, num_workers):
+    for batch in batches:
         out = check_finite(emb.embed_image_batch(batch), kind, lambda j, at=i: f"image {files[at + j]}",
                            f"--images {images}", dtype)
         for vec in out:
