@@ -5,8 +5,8 @@ or the loader's decoding) a compute thread that is preempted stalls its siblings
 barrier, and fewer threads run faster: measured here (2 cores, load average ~8.7, ViT-B/32, batch 16),
 1 thread gave 36-48 images/s in bf16 against 7.5-13 with 2, and 8.7-12 against 3.5-6 in float32;
 on a quiet machine 2 threads win (~110 against ~80 in bf16). The best count cannot be read from the
-core count, so the loop measures it: the first batch runs on every thread (warm-up, not timed), each
-candidate then runs one batch, and the fastest per image runs until the next probe of the other one
+core count, so the loop measures it: the first batch runs on the fewer threads (warm-up, not timed: on a
+busy machine a batch on every thread is the expensive one), each candidate then runs one batch, and the fastest per image runs until the next probe of the other one
 (every `probe_every` batches), so a change of load is followed. A cycle is timed from asking the loader
 for a batch to the batch's vectors, so the decoder's share of the cores counts too. The thread count
 does not change the vectors (each output element is reduced in the same order whatever the split;
@@ -37,9 +37,11 @@ class ThreadTuner:
         return min(self.per_item, key=self.per_item.__getitem__) if self.per_item else self.max
 
     def _choose(self) -> int:
-        if self.batches == 0 or len(self.candidates) == 1:
+        if len(self.candidates) == 1:
             return self.max
-        untried = [c for c in self.candidates if c not in self.per_item]
+        if self.batches == 0:  # warm-up on the fewer threads: on a busy machine the more costs most
+            return self.candidates[-1]
+        untried = [c for c in reversed(self.candidates) if c not in self.per_item]
         if untried:
             return untried[0]
         best = self.best()
