@@ -20,7 +20,7 @@ help:
 	@echo "make bench [CONFIG=name|path]  run a benchmark (default: the offline demo) and print the report path"
 	@echo "make test                      run the test suite (offline)"
 	@echo "make regress                   run the demo and compare it with reports/baselines/demo.json"
-	@echo "make perf [QUICK=1]            speed/memory scripts in benchmarks/ (ratios vs targets; results.json for bench report)"
+	@echo "make perf [QUICK=1] [PERF=e2e]  speed/memory scripts in benchmarks/ (ratios vs targets; results.json for bench report)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,8 +59,9 @@ baseline: setup data models
 	$(BIN)/bench run demo --out reports/runs/baseline-candidate --no-progress
 	$(BIN)/bench baseline accept reports/runs/baseline-candidate --to reports/baselines/demo.json
 
+# PERF: a subset of the scripts (`python -m benchmarks.run_all --list`), e.g. PERF="harness e2e".
 perf: setup data models
-	$(BIN)/python -m benchmarks.run_all $(if $(QUICK),--quick)
+	$(BIN)/python -m benchmarks.run_all $(PERF) $(if $(QUICK),--quick)
 
 lint: setup
 	$(BIN)/python -m ruff check bench tests benchmarks || true

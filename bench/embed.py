@@ -8,12 +8,15 @@ themselves are kept in the file's metadata under "texts", as JSON).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError, CapabilityError, DataError, OutputError
 from bench.io import atomic_path
 from bench.outputs import check_writable_dir
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -59,7 +62,8 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
     from bench import registry
     from bench.embedders.base import RuntimeOptions, check_finite
     from bench.environment import resolve_device
-    from bench.loader import image_batches
+    from bench.loader import DEFAULT_PREFETCH_BYTES, image_batches, start_image_batches
+    from bench.threads import ThreadTuner
 
     if output.suffix != ".safetensors":
         raise BenchError(f"--output must end in .safetensors (got {output})")
@@ -86,18 +90,45 @@ def embed_folder(kind: str, *, model: str, images: Path, output: Path, texts: Pa
         lines = read_text_lines(texts)
     dev = resolve_device(device)
     cls = registry.resolve("embedder", kind)
-    emb = cls(params, runtime=RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size))
-    if lines is not None and not emb.supports_text:
+    if lines is not None and "text" not in cls.modalities:
         raise CapabilityError(f"'{kind}' embeds images only: drop --texts or use a text-capable embedder "
                               "(clip, phi3v-lm)")
+    runtime = RuntimeOptions(device=dev, dtype=dtype, batch_size=batch_size)
+    # The loader's workers start decoding before the model loads (imports and weights take seconds on
+    # one core; the decoder has the other), reading ahead up to DEFAULT_PREFETCH_BYTES.
+    pipeline = cls.image_pipeline(params, runtime) if num_workers > 0 else None
+    batches = None
+    if pipeline is not None:
+        batches = start_image_batches(*pipeline, files, batch_size, num_workers,
+                                      prefetch_bytes=DEFAULT_PREFETCH_BYTES)
+    try:
+        emb = cls(params, runtime=runtime)
+    except BaseException:
+        if batches is not None:
+            batches.close()  # stops the workers now, not at exit
+        raise
+    if batches is None:
+        batches = image_batches(emb, files, batch_size, num_workers)
     tensors: dict[str, torch.Tensor] = {}
     i = 0
-    for batch in image_batches(emb, files, batch_size, num_workers):
+    tuner = ThreadTuner() if dev == "cpu" else None
+    batches = iter(batches)
+    while True:
+        if tuner is not None:
+            tuner.before()
+        batch = next(batches, None)
+        if batch is None:
+            break
         out = check_finite(emb.embed_image_batch(batch), kind, lambda j, at=i: f"image {files[at + j]}",
                            f"--images {images}", dtype)
+        if tuner is not None:
+            tuner.after(len(out))
         for vec in out:
             tensors[files[i].relative_to(images).as_posix()] = vec.detach().float().contiguous().clone()
             i += 1
+    if tuner is not None:
+        log.debug("torch threads per batch: %s", tuner.history)
+        tuner.restore()
     if lines is not None:
         vecs = emb.embed_texts(lines) if lines else torch.empty(0)
         check_finite(vecs, kind, lambda j: f"line {j + 1}", f"--texts {texts}", dtype)

@@ -4,7 +4,7 @@ bench run (results.json, benchmark "perf": `bench report` renders it, `bench com
 
 Usage: python -m benchmarks.run_all [SCRIPT ...] [--skip SCRIPT ...] [--quick] [--strict] [--markdown FILE]
                                     [--out FOLDER]
-  SCRIPT: harness cache metrics phi3v_image loading phi3v_lm (default: all, in that order);
+  SCRIPT: harness e2e cache metrics phi3v_image loading phi3v_lm (default: all, in that order);
           `--list` names them with their arguments.
   --quick: smaller settings per script (fewer images, rounds, crops): minutes instead of about an hour;
            quick figures are marked "(quick)" and are not the ones the README quotes.
@@ -33,6 +33,7 @@ HERE = Path(__file__).resolve().parent
 # name -> (script, full-run arguments, --quick arguments), in run order.
 SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "harness": ("bench_harness.py", [], ["--images", "64", "--rounds", "1"]),
+    "e2e": ("bench_e2e.py", [], ["--images", "64", "--rounds", "1"]),
     "cache": ("bench_cache.py", [], []),
     "metrics": ("bench_metrics.py", [], ["--quick"]),
     "phi3v_image": ("bench_phi3v_image.py", [], ["--num-crops", "16", "--images", "2", "--no-isolate-skip"]),

@@ -93,6 +93,14 @@ class Embedder(ABC):
         """Import the libraries the embedder's loading needs, so that a one-time import is not counted
         in the first embedder's load time (speed/load_s). Default: nothing."""
 
+    @classmethod
+    def image_pipeline(cls, params: EmbedderParams,
+                       runtime: RuntimeOptions) -> tuple[Callable, Callable] | None:
+        """(preprocess, collate) as the embedder built from `params` would have them, without loading
+        its model, so that `bench embed` can start decoding while the model loads; None (the default)
+        when that needs the model. Any problem: None too (the constructor then raises its own error)."""
+        return None
+
     def _resolve_dtype(self):
         """The torch dtype of the weights: the one dtype rule, `resolve_torch_dtype`."""
         return resolve_torch_dtype(self.kind, self.runtime)

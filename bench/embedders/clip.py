@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any, ClassVar, Literal
 
-from bench.embedders.base import Embedder, RuntimeOptions
+from bench.embedders.base import Embedder, RuntimeOptions, resolve_torch_dtype
 from bench.errors import ConfigError, ModelError
 from bench.params import EmbedderParams
 from bench.models.hub import (PICKLE_WEIGHTS, check_safetensors_files, hash_model_files, pickle_only_error,
@@ -45,6 +45,7 @@ class ClipEmbedder(Embedder):
         self._check_config()
         self.preprocess_settings = load_clip_preprocess(self.model_dir)
         self._torch_dtype = self._resolve_dtype()
+        self._preprocess = ClipImagePreprocess(self.preprocess_settings, self.runtime.dtype)
         self.model = self._load_model()
         self.attn_implementation = getattr(self.model.config, "_attn_implementation", None)
         self._tokenizer = None
@@ -198,8 +199,30 @@ class ClipEmbedder(Embedder):
         }
 
     # ---- images -------------------------------------------------------------------------
+    @classmethod
+    def image_pipeline(cls, params: ClipParams, runtime: RuntimeOptions):
+        from bench.errors import BenchError
+
+        try:
+            folder = resolve_model_dir(params.model, params.revision,
+                                       required=("config.json", "preprocessor_config.json"))
+            settings = load_clip_preprocess(folder)
+            resolve_torch_dtype(cls.kind, runtime)
+        except BenchError:
+            return None
+        return ClipImagePreprocess(settings, runtime.dtype), cls.collate_items
+
     def preprocess(self, image: Any) -> Any:
-        return self.preprocess_settings(image)
+        return self._preprocess(image)
+
+    @staticmethod
+    def collate_items(items: list[Any]) -> Any:
+        import torch
+
+        return torch.stack(items)
+
+    def collate(self, items: list[Any]) -> Any:
+        return self.collate_items(items)
 
     def _image_forward(self, pixel_values):
         return _pooled(self.model.get_image_features(pixel_values=pixel_values))
@@ -233,6 +256,24 @@ class ClipEmbedder(Embedder):
                 mask = enc["attention_mask"].to(self.runtime.device, non_blocking=True)
                 out.append(_normalize(self._run("text", self._text_forward, ids, mask)))
         return torch.cat(out)
+
+
+class ClipImagePreprocess:
+    """PIL image -> pixel tensor in the model's dtype. Runs in the loader's workers, so a bf16 run's
+    conversion is done there, off the model's critical path (and half the bytes cross to the main
+    process); the float32 values are those of `ClipPreprocessSettings`, converted once (the same
+    rounding as converting the batch later)."""
+
+    def __init__(self, settings, dtype: str = "float32") -> None:
+        self.settings, self.dtype = settings, dtype
+
+    def __call__(self, image: Any) -> Any:
+        x = self.settings(image)
+        if self.dtype == "float32":
+            return x
+        import torch
+
+        return x.to(getattr(torch, self.dtype))
 
 
 def _pooled(output):
