@@ -89,6 +89,19 @@ def jpeg_folder(n: int, size=(640, 480), seed: int = 0) -> Path:
 def full_clip_b32() -> Path:
     """CLIP ViT-B/32 architecture (transformers' CLIPConfig defaults) with random weights, saved once
     with the tiny checkpoint's tokenizer files (the image path does not use them)."""
+    return _full_clip("clip-vit-b32-random", {"image_size": 224, "patch_size": 32}, {}, 224)
+
+
+def full_clip_l14_336() -> Path:
+    """CLIP ViT-L/14-336 architecture (openai/clip-vit-large-patch14-336's shapes: 24 layers of width 1024,
+    12 text layers of width 768, projection 768) with random weights, saved once like full_clip_b32."""
+    vision = {"image_size": 336, "patch_size": 14, "hidden_size": 1024, "intermediate_size": 4096,
+              "num_hidden_layers": 24, "num_attention_heads": 16}
+    text = {"hidden_size": 768, "intermediate_size": 3072, "num_attention_heads": 12}
+    return _full_clip("clip-vit-l14-336-random", vision, text, 336, projection_dim=768)
+
+
+def _full_clip(name: str, vision: dict, text: dict, size: int, projection_dim: int = 512) -> Path:
     import shutil
 
     import torch
@@ -96,16 +109,17 @@ def full_clip_b32() -> Path:
 
     from bench.demo.tiny_clip import make_tiny_clip
 
-    out = WORK / "clip-vit-b32-random"
+    out = WORK / name
     if (out / "_done").exists():
         return out
     tiny = make_tiny_clip(WORK / "tiny-clip-tok", seed=0)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = CLIPConfig(text_config={"vocab_size": 49408}, vision_config={"image_size": 224, "patch_size": 32})
+    cfg = CLIPConfig(text_config={"vocab_size": 49408, **text}, vision_config=vision,
+                     projection_dim=projection_dim)
     torch.manual_seed(0)
     CLIPModel(cfg).save_pretrained(out)
     pre = json.loads((tiny / "preprocessor_config.json").read_text())
-    pre.update({"crop_size": {"height": 224, "width": 224}, "size": {"shortest_edge": 224}})
+    pre.update({"crop_size": {"height": size, "width": size}, "size": {"shortest_edge": size}})
     (out / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
     for f in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
         if (tiny / f).exists():

@@ -1,4 +1,5 @@
-"""Compute efficiency of a full-size CLIP ViT-B/32 (random weights) image tower on this machine.
+"""Compute efficiency of a full-size CLIP image tower (random weights) on this machine: ViT-B/32 (default)
+or ViT-L/14-336 (`--model l14-336`, the tower of Phi-3-vision; ~30x the FLOPs per image: use a small batch).
 
 Per dtype (float32, bfloat16): GFLOP per image (torch's flop counter, bench.metrics.flops), model-only
 images/s on pre-made batches (bench's ClipEmbedder, measure_loop with the device-aware sync), achieved
@@ -7,7 +8,7 @@ and the achieved % of it. Figures for information (no targets yet; issue 17 sets
 The machine is shared: each round measures the peak and then the model back to back, so a round's
 fraction compares two figures taken under the same load; the figures reported are medians over rounds.
 
-Usage: python -m benchmarks.bench_flops [--batch 16] [--rounds 3] [--min-time 2] [--dtypes float32 bfloat16]
+Usage: python -m benchmarks.bench_flops [--model b32|l14-336] [--batch 16] [--rounds 3] [--min-time 2] [--dtypes float32 bfloat16]
 """
 
 from __future__ import annotations
@@ -15,11 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 
-from benchmarks._common import full_clip_b32, jpeg_folder, report
+from benchmarks._common import full_clip_b32, full_clip_l14_336, jpeg_folder, report
+
+MODELS = {"b32": ("ViT-B/32", full_clip_b32), "l14-336": ("ViT-L/14-336", full_clip_l14_336)}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", choices=sorted(MODELS), default="b32")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--batches", type=int, default=4)
     ap.add_argument("--min-time", type=float, default=2.0)
@@ -40,7 +44,9 @@ def main() -> None:
     dtypes = args.dtypes or fl.peak_dtypes("cpu")
     n = args.batch * args.batches
     paths = sorted(jpeg_folder(n).glob("*.jpg"))[:n]
-    model_dir = full_clip_b32()
+    label, make = MODELS[args.model]
+    model_dir = make()
+    tag = "" if args.model == "b32" else f"{args.model} "
     load = os.getloadavg()
     cap = torch.backends.cpu.get_cpu_capability()
     print(f"torch threads {torch.get_num_threads()}, cpu capability {cap}, "
@@ -72,16 +78,16 @@ def main() -> None:
         detail = (f"{per_image / 1e9:.2f} GFLOP/image x {ips:.1f} img/s = {gflops:.0f} GFLOP/s; matmul peak "
                   f"{peak['gflops']:.0f} GFLOP/s ({peak['n']}^2); medians of {args.rounds} rounds; "
                   f"load {os.getloadavg()[0]:.2f}")
-        info = "(info) ViT-B/32 image tower"
-        report(f"flops {dtype} GFLOP/image", per_image / 1e9, info, True, detail, unit="GFLOP",
+        info = f"(info) {label} image tower"
+        report(f"flops {tag}{dtype} GFLOP/image", per_image / 1e9, info, True, detail, unit="GFLOP",
                higher_is_better=False, kind="speed")
-        report(f"flops {dtype} model images/s", ips, info, True, detail, unit="img/s", higher_is_better=True,
+        report(f"flops {tag}{dtype} model images/s", ips, info, True, detail, unit="img/s", higher_is_better=True,
                kind="speed")
-        report(f"flops {dtype} achieved GFLOP/s", gflops, info, True, detail, unit="GFLOP/s",
+        report(f"flops {tag}{dtype} achieved GFLOP/s", gflops, info, True, detail, unit="GFLOP/s",
                higher_is_better=True, kind="speed")
-        report(f"flops {dtype} matmul peak GFLOP/s", peak["gflops"], info, True, detail, unit="GFLOP/s",
+        report(f"flops {tag}{dtype} matmul peak GFLOP/s", peak["gflops"], info, True, detail, unit="GFLOP/s",
                higher_is_better=True, kind="speed")
-        report(f"flops {dtype} % of peak", frac, info, True, detail, unit="%", higher_is_better=True,
+        report(f"flops {tag}{dtype} % of peak", frac, info, True, detail, unit="%", higher_is_better=True,
                kind="speed")
 
 

@@ -4,7 +4,8 @@ bench run (results.json, benchmark "perf": `bench report` renders it, `bench com
 
 Usage: python -m benchmarks.run_all [SCRIPT ...] [--skip SCRIPT ...] [--quick] [--strict] [--markdown FILE]
                                     [--out FOLDER]
-  SCRIPT: harness e2e cache metrics phi3v_image loading phi3v_lm (default: all, in that order);
+  SCRIPT: harness e2e cache metrics phi3v_image loading phi3v_lm finetune flops flops_l14 load_dtype
+          (default: all, in that order);
           `--list` names them with their arguments.
   --quick: smaller settings per script (fewer images, rounds, crops): minutes instead of about an hour;
            quick figures are marked "(quick)" and are not the ones the README quotes.
@@ -41,6 +42,9 @@ SCRIPTS: dict[str, tuple[str, list[str], list[str]]] = {
     "phi3v_lm": ("bench_phi3v_lm.py", [], ["--repeats", "1", "--captions", "4"]),
     "finetune": ("bench_finetune.py", [], ["--part", "demo"]),
     "flops": ("bench_flops.py", [], ["--min-time", "1", "--batches", "2", "--rounds", "1"]),
+    "flops_l14": ("bench_flops.py", ["--model", "l14-336", "--batch", "2", "--batches", "2", "--rounds", "2",
+                                     "--min-time", "4"],
+                  ["--model", "l14-336", "--batch", "2", "--batches", "1", "--rounds", "1", "--min-time", "1"]),
     "load_dtype": ("bench_load_dtype.py", [], ["--only", "clip"]),
 }
 
