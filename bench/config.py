@@ -322,6 +322,13 @@ def check_paths(cfg: Config) -> None:
             fix = " (run `make models` to generate the demo models)" if "demo" in spec.model else (
                 _env_hint(cfg, where, "model folder", "the checkpoint") if cfg._env_vars.get(where) else "")
             raise ConfigError(f"{where}: {e}{fix}") from None
+        adapter = getattr(spec, "adapter", None)
+        if adapter is not None:
+            try:
+                resolve_model_dir(adapter, getattr(spec, "adapter_revision", None),
+                                  required=("adapter_config.json",))
+            except ModelError as e:
+                raise ConfigError(f"embedders[{i}].adapter: {e}") from None
 
 
 def _env_hint(cfg: Config, where: str, what: str, holds: str = "the data") -> str:

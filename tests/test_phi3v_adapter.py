@@ -370,3 +370,23 @@ def test_hub_id_from_local_cache_with_revision(tiny_phi3v_dir, dora_dir, tmp_pat
     assert load_adapter("TIGER-Lab/VLM2Vec-LoRA", revision=sha).file_hash == adapter.file_hash
     with pytest.raises(ModelError, match="v9"):
         load_adapter("TIGER-Lab/VLM2Vec-LoRA", revision="v9")
+
+
+def test_validate_names_a_missing_adapter(tmp_path, tiny_phi3v_dir, synthetic_dir):
+    """`bench validate` checks the adapter folder before any run, in one line naming the key."""
+    import yaml
+
+    data = {"type": "coco_karpathy", "annotations": str(synthetic_dir / "dataset_coco.json"),
+            "images": str(synthetic_dir / "images"), "split": "test"}
+    cfg = {"name": "v", "datasets": {"d": data},
+           "embedders": [{"type": "phi3v-lm", "model": str(tiny_phi3v_dir), "adapter": str(tmp_path / "nope")}],
+           "tasks": [{"type": "retrieval", "dataset": "d"}]}
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    r = subprocess.run([sys.executable, "-m", "bench", "validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "embedders[0].adapter" in r.stderr and "nope" in r.stderr
+    (tmp_path / "nope").mkdir()
+    (tmp_path / "nope" / "adapter_config.json").write_text("{}")
+    r = subprocess.run([sys.executable, "-m", "bench", "validate", str(p)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
