@@ -4,10 +4,10 @@ What VLM2Vec's v1 code writes (github.com/TIGER-AI-Lab/VLM2Vec, branch v1; read 
 "update demo", 2024-11-01, the code of the VLM2Vec-Full / VLM2Vec-LoRA release, and unchanged in
 substance at the branch head 28fdbdd):
 
-- `src/model.py` `MMEBModel.build`: `AutoConfig.from_pretrained(model_name, trust_remote_code=True)`,
+- `src/model.py` `MMEBModel.build`: `AutoConfig.from_pretrained(model_name, trust_remote_code on)`,
   then `config.use_cache = False` and `config.padding_side = "right"` (so both land in the saved
   config.json), `AutoModelForCausalLM.from_pretrained(..., torch_dtype=torch.bfloat16,
-  trust_remote_code=True)`: microsoft/Phi-3.5-vision-instruct's own `Phi3VForCausalLM`
+  trust_remote_code on)`: microsoft/Phi-3.5-vision-instruct's own `Phi3VForCausalLM`
   (model_type `phi3_v`), trained in bf16. With `--lora`, peft `LoraConfig(r=lora_r, lora_alpha,
   target_modules=lora_target_modules.split(','), lora_dropout, init_lora_weights="gaussian",
   use_dora=True)` wraps that whole model (`src/arguments.py`: r 16, alpha 64, dropout 0.1, targets
@@ -23,7 +23,7 @@ substance at the branch head 28fdbdd):
   `num_crops=model_args.num_crops`, default 16 in `src/arguments.py`, 4 in the README's training
   command): the checkpoint carries its tokenizer and `preprocessor_config.json`. `demo.py` and
   `eval.py` load the processor from the fine-tuned repo itself
-  (`AutoProcessor.from_pretrained("TIGER-Lab/VLM2Vec-Full", trust_remote_code=True, num_crops=4)`),
+  (`AutoProcessor.from_pretrained("TIGER-Lab/VLM2Vec-Full", trust_remote_code on, num_crops=4)`),
   so VLM2Vec evaluates with num_crops 4 whatever the file says: set `num_crops: 4` in bench.
 - `MMEBModel.load` for LoRA: the base (`--model_name microsoft/Phi-3.5-vision-instruct`) plus
   `PeftModel.from_pretrained(base, checkpoint_path)` and `merge_and_unload()`

@@ -4,8 +4,8 @@ last-token pooling with gradient, the training pairs as prompts, and one contras
 - `apply_lora(model, lora)`: peft's `get_peft_model` on `causal_lm_view(model)` (bench's native modules
   under `Phi3VForCausalLM`'s names), so the LoRA/DoRA layers are injected into the modules bench runs and
   the saved adapter's keys are `base_model.model.model.layers.N...`, as VLM2Vec's are.
-- `pool(model, ids, mask, ...)`: `Phi3VForEmbedding.embed` with gradient and on the model's device: the
-  final hidden state at each row's last real token, L2-normalized (rows beyond longrope's original length
+- `Phi3VForEmbedding.pool(ids, mask, ...)` (bench/models/phi3v/lm.py): `embed` with gradient and on the
+  model's device: the final hidden state at each row's last real token, L2-normalized (rows beyond longrope's original length
   run apart, so a row's vector does not depend on its batch).
 - `Encoder`: images with the embedder's image prompt, captions with its text prompt.
 - `contrastive_step`: symmetric InfoNCE (bench.finetune.loss, negatives gathered across processes) and
@@ -75,38 +75,6 @@ def apply_lora(model: Any, lora: LoraParams, where: str = "finetune"):
     return get_peft_model(view, lora_config(lora))
 
 
-# ---- pooling with gradient -------------------------------------------------------------------------------
-def pool(model: Any, input_ids, attention_mask, pixel_values=None, image_sizes=None):
-    """[B, hidden] float32 on the model's device, L2-normalized, gradient kept (see module docstring)."""
-    import torch.nn.functional as F
-
-    from bench.models.phi3v.lm import _images_per_row
-
-    lengths = attention_mask.sum(dim=1)
-    if bool((lengths == 0).any()):
-        raise ValueError("a row of attention_mask is all zeros (empty prompt)")
-    orig_max = model._original_max()
-    long_rows = lengths > orig_max if orig_max else torch.zeros_like(lengths, dtype=torch.bool)
-    images_per_row = _images_per_row(input_ids)
-    image_start = torch.cat([images_per_row.new_zeros(1), images_per_row.cumsum(0)])
-    device = model.device
-    out = torch.zeros(len(input_ids), model.config.hidden_size, dtype=torch.float32, device=device)
-    for rows in (torch.nonzero(~long_rows).flatten(), torch.nonzero(long_rows).flatten()):
-        if not len(rows):
-            continue
-        width = int(lengths[rows].max())
-        pv = sizes = None
-        if pixel_values is not None and int(images_per_row[rows].sum()):
-            take = torch.cat([torch.arange(int(image_start[r]), int(image_start[r + 1])) for r in rows])
-            pv = pixel_values[take]
-            sizes = image_sizes[take] if image_sizes is not None else None
-        hidden = model.forward_embed(input_ids[rows, :width], attention_mask[rows, :width], pv, sizes)
-        last = (lengths[rows] - 1).to(device)
-        pooled = F.normalize(hidden[torch.arange(len(rows), device=device), last].float(), dim=-1)
-        out = out.index_copy(0, rows.to(device), pooled)
-    return out
-
-
 # ---- the pairs as prompts --------------------------------------------------------------------------------
 class Encoder:
     """Images and captions -> pooled vectors through the embedder's prompts (phi3v-lm's templates)."""
@@ -130,13 +98,13 @@ class Encoder:
         ids, mask = build_inputs(self.tokenizer, [self.image_prompt] * len(items), batch["num_img_tokens"],
                                  self.bos_id, self.pad_id)
         pixels = batch["pixel_values"].to(self.model.device).to(self.model.dtype)
-        return pool(self.model, ids, mask, pixels, torch.as_tensor(batch["image_sizes"]))
+        return self.model.pool(ids, mask, pixels, torch.as_tensor(batch["image_sizes"]))
 
     def texts(self, seqs: Sequence[Sequence[int]]):
         """Prompt token ids (text_ids) -> [n, hidden]."""
         from bench.models.phi3v.tokenizer import pad_right
 
-        return pool(self.model, *pad_right(list(seqs), self.pad_id))
+        return self.model.pool(*pad_right(list(seqs), self.pad_id))
 
 
 class Phi3VPairTransform:

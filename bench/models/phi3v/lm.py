@@ -138,7 +138,11 @@ class Phi3VForEmbedding(nn.Module):
     forward = forward_embed
 
     def embed(self, input_ids, attention_mask, pixel_values=None, image_sizes=None):
-        """Pooled vectors [B, hidden], float32 CPU, L2-normalized: the state at each row's last real token.
+        """Pooled vectors [B, hidden], float32 CPU, L2-normalized: the state at each row's last real token."""
+        return self.pool(input_ids, attention_mask, pixel_values, image_sizes).cpu()
+
+    def pool(self, input_ids, attention_mask, pixel_values=None, image_sizes=None):
+        """`embed`'s vectors on the model's device, gradient kept (what fine-tuning trains through).
 
         Rows are run in two groups, those longer than `original_max_position_embeddings` and the rest,
         each trimmed to its own longest row: longrope switches factors on the batch's longest
@@ -153,7 +157,8 @@ class Phi3VForEmbedding(nn.Module):
         long_rows = lengths > orig_max if orig_max else torch.zeros_like(lengths, dtype=torch.bool)
         images_per_row = _images_per_row(input_ids)
         image_start = torch.cat([images_per_row.new_zeros(1), images_per_row.cumsum(0)])
-        out = torch.empty(len(input_ids), self.config.hidden_size, dtype=torch.float32)
+        device = self.device
+        out = torch.zeros(len(input_ids), self.config.hidden_size, dtype=torch.float32, device=device)
         for rows in (torch.nonzero(~long_rows).flatten(), torch.nonzero(long_rows).flatten()):
             if not len(rows):
                 continue
@@ -164,9 +169,9 @@ class Phi3VForEmbedding(nn.Module):
                 pv = pixel_values[take]
                 sizes = image_sizes[take] if image_sizes is not None else None
             hidden = self.forward_embed(input_ids[rows, :width], attention_mask[rows, :width], pv, sizes)
-            last = (lengths[rows] - 1).to(hidden.device)
-            pooled = hidden[torch.arange(len(rows), device=hidden.device), last]
-            out[rows] = F.normalize(pooled.float(), dim=-1).cpu()
+            last = (lengths[rows] - 1).to(device)
+            pooled = F.normalize(hidden[torch.arange(len(rows), device=device), last].float(), dim=-1)
+            out = out.index_copy(0, rows.to(device), pooled)
         return out
 
     def _original_max(self) -> int | None:
