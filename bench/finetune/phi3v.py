@@ -4,9 +4,9 @@ last-token pooling with gradient, the training pairs as prompts, and one contras
 - `apply_lora(model, lora)`: peft's `get_peft_model` on `causal_lm_view(model)` (bench's native modules
   under `Phi3VForCausalLM`'s names), so the LoRA/DoRA layers are injected into the modules bench runs and
   the saved adapter's keys are `base_model.model.model.layers.N...`, as VLM2Vec's are.
-- `Phi3VForEmbedding.pool(ids, mask, ...)` (bench/models/phi3v/lm.py): `embed` with gradient and on the
-  model's device: the final hidden state at each row's last real token, L2-normalized (rows beyond longrope's original length
-  run apart, so a row's vector does not depend on its batch).
+- `Phi3VForEmbedding.pool(ids, mask, ...)` (bench/models/phi3v/lm.py): `embed` with gradient and on
+  the model's device: the final hidden state at each row's last real token, L2-normalized (rows beyond
+  longrope's original length run apart, so a row's vector does not depend on its batch).
 - `Encoder`: images with the embedder's image prompt, captions with its text prompt.
 - `contrastive_step`: symmetric InfoNCE (bench.finetune.loss, negatives gathered across processes) and
   its backward, on the whole batch or GradCache-style in chunks: representations of every chunk without
