@@ -22,6 +22,22 @@ def lr_at(params: FinetuneParams, step: int) -> float:
     return 0.5 * params.lr * (1 + math.cos(math.pi * (step - params.warmup_steps) / span))
 
 
+def start_step(optimizer: Any, params: FinetuneParams, step: int) -> float:
+    """Set every parameter group's learning rate to the schedule's value at `step`; return it."""
+    lr = lr_at(params, step)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+def micro_batches(plan: Any, fdata: Any, ds: Any, transform: Any, params: FinetuneParams, step: int,
+                  rank: int):
+    """The `grad_accum` micro-batches of optimizer step `step` that process `rank` trains on."""
+    for a in range(params.grad_accum):
+        epoch, idx = plan.local(step * params.grad_accum + a, rank)
+        yield fdata.fetch(ds, transform, idx, epoch)
+
+
 def param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
     """AdamW groups: no weight decay on biases, norms, logit_scale (anything 1-D)."""
     decay, no_decay = [], []

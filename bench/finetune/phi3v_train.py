@@ -78,7 +78,7 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
 
     from bench.finetune import data as fdata
     from bench.finetune.phi3v import Phi3VPairTransform, apply_lora, contrastive_step
-    from bench.finetune.loop import finish, lr_at, param_groups, peak_rss_mb, versions
+    from bench.finetune.loop import finish, micro_batches, param_groups, peak_rss_mb, start_step, versions
 
     out_dir, base_dir = Path(job["out_dir"]), job["base_model_dir"]
     cpu = not torch.cuda.is_available()
@@ -130,13 +130,9 @@ def run(job: dict[str, Any], params: FinetuneParams, progress: bool,
     exit_after = int(os.environ.get(EXIT_AFTER_SAVE_ENV, "0") or 0)
     t0 = time.perf_counter()
     for step in range(start, params.steps):
-        lr = lr_at(params, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = start_step(optimizer, params, step)
         micro = []
-        for a in range(params.grad_accum):
-            epoch, idx = plan.local(step * params.grad_accum + a, acc.process_index)
-            batch = fdata.fetch(ds, transform, idx, epoch)
+        for batch in micro_batches(plan, fdata, ds, transform, params, step, acc.process_index):
             micro.append(contrastive_step(encoder, batch, logit_scale, params.chunk_size,
                                           loss_scale=1.0 / params.grad_accum, autocast=acc.autocast))
         _all_reduce_mean(trainable, world)

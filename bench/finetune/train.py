@@ -23,7 +23,8 @@ from typing import Any
 
 from bench.errors import BenchError, ConfigError
 from bench.finetune.checkpoint import STATE_DIR, clear_outputs, save_checkpoint, write_json
-from bench.finetune.loop import EXIT_AFTER_SAVE_ENV, lr_at, param_groups  # noqa: F401 (re-exported)
+from bench.finetune.loop import (  # noqa: F401 (lr_at, param_groups re-exported)
+    EXIT_AFTER_SAVE_ENV, lr_at, micro_batches, param_groups, start_step)
 from bench.finetune.loop import finish as _finish, peak_rss_mb as _peak_rss_mb, versions as _versions
 from bench.finetune.params import FinetuneParams, check_device, parse_params
 from bench.io import replace_dir
@@ -177,13 +178,9 @@ def _run(job: dict[str, Any], params: FinetuneParams, progress: bool) -> dict[st
     t0 = time.perf_counter()
     exit_after = int(os.environ.get(EXIT_AFTER_SAVE_ENV, "0") or 0)
     for step in range(start, params.steps):
-        lr = lr_at(params, step)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = start_step(optimizer, params, step)
         micro = []
-        for a in range(params.grad_accum):
-            epoch, idx = plan.local(step * params.grad_accum + a, acc.process_index)
-            batch = fdata.fetch(ds, tf, idx, epoch)
+        for batch in micro_batches(plan, fdata, ds, tf, params, step, acc.process_index):
             with acc.accumulate(model):
                 loss = _batch_loss(model, unwrapped, batch, device)
                 acc.backward(loss)
